@@ -1,0 +1,47 @@
+"""`lantern-edge COMMAND ...`: dispatches to each command's own module.
+
+Commands are imported only when used, so `lantern-edge generate` works without torch while
+`lantern-edge train` says which extra to install when torch is missing.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+# command -> (module with main(argv) -> int, one-line help)
+COMMANDS = {
+    "train": ("lantern_edge.model.train_cli", "train a tokenizer and a LANTERN model on a corpus"),
+    "corpus": ("lantern_edge.model.corpus", "assemble the training corpus (default: Python stdlib)"),
+    "generate": ("lantern_edge.runtime.cli", "generate text with an artifacts directory"),
+    "quantize": ("lantern_edge.quantization.cli", "write INT8 graphs beside the fp32 ones"),
+}
+
+USAGE = "usage: lantern-edge COMMAND [options]\n\ncommands:\n" + "".join(
+    f"  {name:<10} {help_}\n" for name, (_, help_) in COMMANDS.items()) + \
+    "\nRun `lantern-edge COMMAND --help` for a command's options."
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help"):
+        print(USAGE)
+        return 0 if argv else 2
+    name, rest = argv[0], argv[1:]
+    if name not in COMMANDS:
+        print(f"lantern-edge: unknown command {name!r}\n\n{USAGE}", file=sys.stderr)
+        return 2
+    module_name = COMMANDS[name][0]
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as e:
+        if e.name in ("torch", "onnx", "onnxscript", "tqdm"):
+            print(f"lantern-edge {name} needs {e.name}: pip install torch==2.13.0 "
+                  f"\"lantern-edge[export]\"", file=sys.stderr)
+            return 2
+        raise
+    return module.main(rest)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

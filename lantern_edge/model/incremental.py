@@ -1,0 +1,160 @@
+"""Incremental decoding reference: prefill T tokens, then decode one at a time.
+
+Each (block, iteration) owns a KV state: a ring buffer of ``window_size`` slots for ordinary
+tokens (slot = position % window_size) and a global buffer of ``max_global_tokens`` slots for
+global tokens (position 0 and THINK tokens), which are never written to the ring. Memory is
+O(window + globals) whatever the sequence length. A token that ran d < steps_reasoning
+iterations of a block gets its last computed keys/values copied into the deeper iterations'
+buffers (carried-KV policy, see modeling.py). This is the oracle the ONNX runtime is tested
+against, so it stays plain: no tricks, batch 1.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .modeling import (DropoutMasks, LanternModel, ModelOutput, depth_grid, stack_halting,
+                       visibility)
+
+
+@dataclass
+class KVBuffer:
+    """KV state of one (block, iteration)."""
+
+    ring_k: torch.Tensor        # (1, H, W, D)
+    ring_v: torch.Tensor
+    ring_pos: torch.Tensor      # (W,) absolute position held by each slot, -1 when empty
+    glob_k: torch.Tensor        # (1, H, G, D)
+    glob_v: torch.Tensor
+    glob_pos: torch.Tensor      # (G,) absolute position of each global slot, -1 when empty
+    glob_count: int = 0
+
+    @classmethod
+    def empty(cls, heads: int, window: int, globals_: int, head_dim: int) -> "KVBuffer":
+        zeros = lambda n: torch.zeros(1, heads, n, head_dim)  # noqa: E731
+        empty = lambda n: torch.full((n,), -1, dtype=torch.long)  # noqa: E731
+        return cls(zeros(window), zeros(window), empty(window), zeros(globals_), zeros(globals_),
+                   empty(globals_))
+
+    def context(self, positions: torch.Tensor, window: int):
+        """Keys, values (1, H, W+G, D) and visibility (T, W+G) of the stored context.
+
+        A stored entry at position j is visible to a query at i when 0 <= j < i (strictly: the
+        new tokens bring their own keys) and, for ring entries, i - j < window. Judging by
+        stored positions lets a caller re-run the latest position (MC refinement) after its
+        KV was written.
+        """
+        delta = positions[:, None] - self.ring_pos[None, :]
+        ring_ok = (self.ring_pos[None, :] >= 0) & (delta > 0) & (delta < window)
+        glob_ok = (self.glob_pos[None, :] >= 0) & (self.glob_pos[None, :] < positions[:, None])
+        keys = torch.cat((self.ring_k, self.glob_k), dim=2)
+        values = torch.cat((self.ring_v, self.glob_v), dim=2)
+        return keys, values, torch.cat((ring_ok, glob_ok), dim=1)
+
+    def write(self, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor,
+              is_global: torch.Tensor) -> None:
+        """Store the new tokens' k, v (1, H, T, D) in order; later positions overwrite slots."""
+        window = self.ring_k.shape[2]
+        for t in range(k.shape[2]):
+            if is_global[t]:
+                if self.glob_count >= self.glob_k.shape[2]:
+                    raise ValueError(
+                        f"the global KV buffer is full ({self.glob_k.shape[2]} slots: position 0 "
+                        f"and THINK tokens); raise max_global_tokens or inject fewer THINK tokens")
+                self.glob_k[:, :, self.glob_count] = k[:, :, t]
+                self.glob_v[:, :, self.glob_count] = v[:, :, t]
+                self.glob_pos[self.glob_count] = positions[t]
+                self.glob_count += 1
+            else:
+                slot = int(positions[t]) % window
+                self.ring_k[:, :, slot] = k[:, :, t]
+                self.ring_v[:, :, slot] = v[:, :, t]
+                self.ring_pos[slot] = positions[t]
+
+
+class IncrementalDecoder:
+    """Feeds tokens to a LanternModel chunk by chunk, keeping per-(block, iteration) KV state."""
+
+    def __init__(self, model: LanternModel):
+        cfg = model.config
+        self.model = model
+        self.length = 0
+        self.buffers = [[KVBuffer.empty(cfg.num_heads, cfg.window_size, cfg.max_global_tokens,
+                                        cfg.head_dim) for _ in range(cfg.steps_reasoning)]
+                        for _ in range(cfg.num_blocks)]
+
+    @torch.no_grad()
+    def forward(self, ids: torch.Tensor, depth: int | torch.Tensor | None = None) -> ModelOutput:
+        """Run new tokens ids (T,) at the next positions and store their KV.
+
+        depth: iterations per block, an int or a LongTensor broadcastable to (num_blocks, T),
+        at most steps_reasoning. Returns logits (1, T, V), hidden (1, T, C), halting.
+        """
+        model, cfg = self.model, self.model.config
+        length = ids.shape[0]
+        positions = torch.arange(self.length, self.length + length)
+        model.check_positions(int(positions[-1]))
+        depth = cfg.steps_base if depth is None else depth
+        depth = torch.as_tensor(depth, dtype=torch.long)
+        grid = depth_grid(depth.unsqueeze(-2) if depth.dim() else depth,
+                          cfg.num_blocks, 1, length)[:, 0]                  # (num_blocks, T)
+        if int(grid.max()) > cfg.steps_reasoning:
+            raise ValueError(f"depth {int(grid.max())} exceeds steps_reasoning={cfg.steps_reasoning}")
+        is_global = model.is_global(ids, positions)
+        x = model.embed(ids[None], positions[None])
+        cos, sin = model.rope(positions)
+        new_visible = visibility(positions, positions, is_global, cfg.window_size)
+        halting = []
+        for b in range(cfg.num_blocks):
+            block_halting = []
+            k = v = None
+            for i in range(cfg.steps_reasoning):
+                active = (grid[b] > i)[None, None, :, None]                     # (1, 1, T, 1)
+                if i < int(grid[b].max()):
+                    x, k, v, halt = self._step(b, i, x, k, v, active, positions, cos, sin,
+                                               new_visible, None)
+                    if halt is not None:
+                        block_halting.append(halt)
+                # k, v now hold each token's deepest computed KV (carried for shallow tokens)
+                self.buffers[b][i].write(k, v, positions, is_global)
+            halting.append(block_halting)
+        self.length += length
+        logits, hidden = model.lm_head(x)
+        return ModelOutput(logits, hidden, stack_halting(halting))
+
+    def _step(self, b, i, x, carried_k, carried_v, active, positions, cos, sin, new_visible,
+              masks: DropoutMasks | None):
+        model = self.model
+        block = model.blocks[b]
+        q, k, v = block.project(x, cos, sin, model.rope_perm, model.rope_sign)
+        if carried_k is not None:
+            k = torch.where(active, k, carried_k)
+            v = torch.where(active, v, carried_v)
+        ctx_k, ctx_v, ctx_visible = self.buffers[b][i].context(positions, model.config.window_size)
+        keys = torch.cat((ctx_k.expand(k.shape[0], -1, -1, -1), k), dim=2)
+        values = torch.cat((ctx_v.expand(v.shape[0], -1, -1, -1), v), dim=2)
+        visible = torch.cat((ctx_visible, new_visible), dim=1)
+        out, halt = block.finish(x, q, keys, values, visible, (b, i), model.config.dropout, masks)
+        return torch.where(active[:, 0], out, x), k, v, halt
+
+    @torch.no_grad()
+    def block_step(self, block: int, iteration: int, x: torch.Tensor, ids: torch.Tensor,
+                   start: int, dropout_masks: DropoutMasks | None = None):
+        """One iteration of one block for tokens ids (T,) at positions start.., storing nothing.
+
+        x: (S, T, C) hidden states entering that iteration (S samples share the KV state).
+        start may be an already-stored position (re-running the latest token for MC refinement).
+        Returns (out (S, T, C), k, v (S, H, T, D), p_halt (S, T) or None). With dropout_masks
+        this is the MC-dropout step the exported stochastic graph must reproduce.
+        """
+        model, cfg = self.model, self.model.config
+        length = x.shape[1]
+        positions = torch.arange(start, start + length)
+        cos, sin = model.rope(positions)
+        is_global = model.is_global(ids, positions)
+        new_visible = visibility(positions, positions, is_global, cfg.window_size)
+        active = torch.ones(1, 1, length, 1, dtype=torch.bool)
+        return self._step(block, iteration, x, None, None, active, positions, cos, sin,
+                          new_visible, dropout_masks)

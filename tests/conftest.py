@@ -1,0 +1,50 @@
+"""Shared fixtures. Heavy ones are session-scoped and built from real code paths.
+
+Ownership: the fixture blocks below are grouped by the part of the pipeline that builds them;
+each part's tests add their fixtures in their own block.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("LANTERN_SHARED", REPO.parent / "shared"))
+UPSTREAM_DIR = SHARED / "fixtures" / "upstream_lantern_small"
+
+
+@pytest.fixture(scope="session")
+def upstream_dir() -> Path:
+    if not (UPSTREAM_DIR / "checkpoint.pt").exists():
+        pytest.fail(f"upstream fixture not found at {UPSTREAM_DIR} (set LANTERN_SHARED)")
+    return UPSTREAM_DIR
+
+
+@pytest.fixture(scope="session")
+def upstream_reference(upstream_dir):
+    import numpy as np
+    return dict(np.load(upstream_dir / "reference.npz"))
+
+
+# --- model ----------------------------------------------------------------------------------
+
+@pytest.fixture(scope="session")
+def random_model():
+    """A small untrained model with THINK, halting and 2 blocks, weights scaled up so that
+    attention patterns and depth matter (parity tests need non-trivial activations)."""
+    import torch
+    from lantern_edge.model.config import ModelConfig
+    from lantern_edge.model.modeling import LanternModel
+    torch.manual_seed(0)
+    config = ModelConfig(vocab_size=64, hidden_size=32, num_heads=4, intermediate_size=64,
+                         num_blocks=2, window_size=8, max_position=160, max_global_tokens=8,
+                         steps_base=2, steps_reasoning=4, bos_token_id=0, eos_token_id=1,
+                         pad_token_id=2, think_token_id=3, dropout=0.1)
+    model = LanternModel(config).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0.0, 0.3)
+    return model
