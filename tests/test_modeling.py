@@ -207,3 +207,17 @@ def test_training_mode_dropout_is_active_and_eval_is_deterministic(random_model)
     assert (a - b).abs().max() > 1e-4
     model.eval()
     assert torch.equal(model(ids).logits, model(ids).logits)
+
+
+def test_rewind_then_deeper_run_equals_a_deep_token_from_the_start(random_model):
+    ids = _sequence(20)
+    decoder = IncrementalDecoder(random_model)
+    decoder.forward(ids[:19])
+    decoder.forward(ids[19:], 2)
+    decoder.rewind()
+    deep = decoder.forward(ids[19:], 4).logits[0, -1]
+    fresh = IncrementalDecoder(random_model)
+    fresh.forward(ids[:19])
+    expected = fresh.forward(ids[19:], 4).logits[0, -1]
+    assert torch.equal(deep, expected)
+    assert decoder.length == 20

@@ -124,6 +124,22 @@ class IncrementalDecoder:
         logits, hidden = model.lm_head(x)
         return ModelOutput(logits, hidden, stack_halting(halting))
 
+    def rewind(self) -> None:
+        """Forget the latest token so it can be run again (deeper). Its ring slot held position
+        p - window before, which no query at p or later can see, so nothing is lost."""
+        if self.length == 0:
+            raise ValueError("nothing to rewind: no token has been fed")
+        self.length -= 1
+        p = self.length
+        for row in self.buffers:
+            for buf in row:
+                slot = p % buf.ring_pos.shape[0]
+                if buf.ring_pos[slot] == p:
+                    buf.ring_pos[slot] = -1
+                if buf.glob_count and buf.glob_pos[buf.glob_count - 1] == p:
+                    buf.glob_count -= 1
+                    buf.glob_pos[buf.glob_count] = -1
+
     def _step(self, b, i, x, carried_k, carried_v, active, positions, cos, sin, new_visible,
               masks: DropoutMasks | None):
         model = self.model
