@@ -1,0 +1,233 @@
+"""The ONNX Runtime sessions of one artifacts directory and the KV state they share.
+
+`Engine.feed` runs new tokens through embed -> blocks (each iteration a call of the block's
+step graph, KV written into the preallocated buffers) -> lm_head. `Engine.mc_logits` re-runs the
+last iteration of the last block for the newest token with dropout masks (MC dropout), and
+`Engine.signals` runs the uncertainty graph. The controller (controller.py) decides what to call.
+
+At decode (one token) the block calls go through IO binding: inputs and outputs are bound to
+persistent NumPy buffers, so a call copies nothing and ORT allocates nothing (PERF_NOTES.md).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnxruntime as ort
+
+from ..errors import ArtifactError
+from .artifacts import Artifacts
+from .kv_state import KVState
+
+
+@dataclass
+class FeedResult:
+    logits: np.ndarray            # [T, V] float32 (a view valid until the next call)
+    iterations: list[int]         # iterations run per block (for the last token)
+    halting: list[float | None]   # p_halt of each block's last iteration (last token)
+    position: int                 # position of the last token
+    is_global: bool               # the last token is a global token (position 0 or THINK)
+    mc_input: np.ndarray          # [1, 1, C] hidden entering the last block's last iteration
+
+
+@dataclass
+class CallTimer:
+    """Wall time spent inside session calls, to report controller overhead."""
+    seconds: float = 0.0
+    calls: int = 0
+    by_graph: dict[str, float] = field(default_factory=dict)
+
+    def add(self, name: str, seconds: float) -> None:
+        self.seconds += seconds
+        self.calls += 1
+        self.by_graph[name] = self.by_graph.get(name, 0.0) + seconds
+
+
+def available_providers() -> list[str]:
+    return ort.get_available_providers()
+
+
+def resolve_providers(providers: list[str] | None) -> list[str]:
+    available = available_providers()
+    if providers is None:
+        return (["CUDAExecutionProvider", "CPUExecutionProvider"]
+                if "CUDAExecutionProvider" in available else ["CPUExecutionProvider"])
+    missing = [p for p in providers if p not in available]
+    if missing:
+        raise ValueError(f"providers {missing} are not available in this onnxruntime "
+                         f"(available: {available}); install onnxruntime-gpu for CUDA, or pass "
+                         f"providers=None for the default")
+    return list(providers)
+
+
+class Engine:
+    def __init__(self, artifacts: Artifacts, precision: str = "fp32",
+                 providers: list[str] | None = None, intra_op_threads: int | None = None):
+        self.artifacts = artifacts
+        self.config = cfg = artifacts.model_config
+        self.providers = resolve_providers(providers)
+        if intra_op_threads is not None and intra_op_threads < 1:
+            raise ValueError(f"intra_op_threads must be an int >= 1 or None, got {intra_op_threads}")
+        threads = intra_op_threads or 1
+
+        def session(path, n_threads=threads):
+            options = ort.SessionOptions()
+            options.intra_op_num_threads = n_threads
+            options.inter_op_num_threads = 1
+            # Several sessions with spinning pools fight over 2 cores (PERF_NOTES.md).
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+            options.log_severity_level = 3
+            try:
+                return ort.InferenceSession(str(path), options, providers=self.providers)
+            except Exception as e:  # ORT raises its own Fail/InvalidGraph types
+                raise ArtifactError(f"onnxruntime cannot load {path}: {e}") from e
+
+        self.embed = session(artifacts.graph(precision, "embed"))
+        self.blocks = [session(artifacts.graph(precision, "blocks", b))
+                       for b in range(cfg.num_blocks)]
+        self.mc = session(artifacts.graph(precision, "mc_step"))
+        # The LM head is the one graph where a second thread clearly pays (PERF_NOTES.md).
+        self.lm_head = session(artifacts.graph(precision, "lm_head"),
+                               intra_op_threads or 2)
+        self.uncertainty = session(artifacts.graph(precision, "uncertainty"))
+        self.kv = KVState(cfg)
+        self.timer = CallTimer()
+        self.think_id = cfg.think_token_id
+        self._decode = _DecodeBindings(self) if self.providers[0] == "CPUExecutionProvider" else None
+
+    def reset(self) -> None:
+        self.kv.reset()
+
+    def _run(self, name: str, sess: ort.InferenceSession, feeds: dict) -> list[np.ndarray]:
+        start = time.perf_counter()
+        out = sess.run(None, feeds)
+        self.timer.add(name, time.perf_counter() - start)
+        return out
+
+    def feed(self, ids: np.ndarray, depth: int, halting_threshold: float | None = None,
+             min_iterations: int = 1) -> FeedResult:
+        """Run tokens ids [T] at the next positions, `depth` iterations of every block.
+
+        With a halting threshold (one token only), a block stops after iteration i
+        (i + 1 >= min_iterations) once its p_halt >= threshold.
+        """
+        cfg, kv = self.config, self.kv
+        ids = np.asarray(ids, dtype=np.int64)
+        length = len(ids)
+        positions = np.arange(kv.length, kv.length + length, dtype=np.int64)
+        if positions[-1] >= cfg.max_position:
+            raise ValueError(f"position {int(positions[-1])} is past the model's max_position="
+                             f"{cfg.max_position}")
+        if not 1 <= depth <= cfg.steps_reasoning:
+            raise ValueError(f"depth must be in [1, steps_reasoning={cfg.steps_reasoning}], got {depth}")
+        new_global = positions == 0
+        if self.think_id is not None:
+            new_global |= ids == self.think_id
+        tokens, slots = kv.slots_for(positions, new_global)
+        bias = kv.attn_bias(positions, new_global)
+        hidden = self._run("embed", self.embed, {"input_ids": ids, "positions": positions})[0]
+        iterations, halting = [], []
+        mc_input = hidden
+        for b, sess in enumerate(self.blocks):
+            done, p_halt = 0, None
+            for i in range(depth):
+                if b == len(self.blocks) - 1:
+                    mc_input = hidden[:, -1:].copy()   # decode reuses the hidden buffers
+                if length == 1 and self._decode is not None:
+                    hidden, key, value, halt = self._decode.run(b, i, hidden, positions, bias)
+                else:
+                    out = self._run("block", sess, {
+                        "hidden": hidden, "positions": positions, "past_key": kv.keys[b, i],
+                        "past_value": kv.values[b, i], "attn_bias": bias})
+                    hidden, key, value = out[:3]
+                    halt = out[3] if len(out) > 3 else None
+                kv.write(b, i, key, value, tokens, slots)
+                done = i + 1
+                if halt is not None:
+                    p_halt = float(halt[0, -1])
+                if (halting_threshold is not None and p_halt is not None and length == 1
+                        and done >= min_iterations and p_halt >= halting_threshold):
+                    break
+            for i in range(done, cfg.steps_reasoning):      # carried-KV policy
+                kv.write(b, i, key, value, tokens, slots)
+            iterations.append(done)
+            halting.append(p_halt)
+        kv.commit(positions, tokens, slots, new_global)
+        logits = self._run("lm_head", self.lm_head, {"hidden": hidden})[0][0]
+        return FeedResult(logits, iterations, halting, int(positions[-1]), bool(new_global[-1]),
+                          mc_input)
+
+    def mc_logits(self, step: FeedResult, masks: dict[str, np.ndarray]) -> np.ndarray:
+        """[S, V] logits of the newest token's last-block last iteration re-run with masks."""
+        cfg, kv = self.config, self.kv
+        b, i = cfg.num_blocks - 1, step.iterations[-1] - 1
+        positions = np.array([step.position], dtype=np.int64)
+        bias = kv.attn_bias(positions, np.array([step.is_global]))
+        hidden = self._run("mc_step", self.mc, {
+            "hidden": step.mc_input, "positions": positions, "past_key": kv.keys[b, i],
+            "past_value": kv.values[b, i], "attn_bias": bias, **masks})[0]
+        return self._run("lm_head", self.lm_head, {"hidden": hidden})[0][:, 0]
+
+    def signals(self, logits: np.ndarray, weights: np.ndarray) -> dict[str, np.ndarray]:
+        """entropy, p_max, dispersion, score of each row of logits [N, V]."""
+        out = self._run("uncertainty", self.uncertainty,
+                        {"logits": np.ascontiguousarray(logits, dtype=np.float32),
+                         "weights": weights})
+        return dict(zip(("entropy", "p_max", "dispersion", "score"), out))
+
+
+class _DecodeBindings:
+    """IO bindings of every (block, iteration) for one-token decode, bound once.
+
+    Inputs are bound to persistent buffers (the KV arrays, a hidden ping-pong pair, the position
+    and the bias), outputs to persistent arrays; the caller copies the new hidden in and reads
+    the outputs. Nothing is allocated per call.
+    """
+
+    def __init__(self, engine: Engine):
+        cfg, kv = engine.config, engine.kv
+        self.engine = engine
+        c, h, d = cfg.hidden_size, cfg.num_heads, cfg.head_dim
+        stored = kv.keys.shape[3]
+        self.hidden_in = np.zeros((1, 1, c), np.float32)
+        self.position = np.zeros(1, np.int64)
+        self.bias = np.zeros((1, stored + 1), np.float32)
+        self.hidden_out = np.zeros((1, 1, c), np.float32)
+        self.key = np.zeros((1, h, 1, d), np.float32)
+        self.value = np.zeros((1, h, 1, d), np.float32)
+        self.halt = np.zeros((1, 1), np.float32) if cfg.use_halting else None
+        self.bindings = []
+        for b, sess in enumerate(engine.blocks):
+            row = []
+            for i in range(cfg.steps_reasoning):
+                binding = sess.io_binding()
+                for name, array in (("hidden", self.hidden_in), ("positions", self.position),
+                                    ("past_key", kv.keys[b, i]), ("past_value", kv.values[b, i]),
+                                    ("attn_bias", self.bias)):
+                    _bind_input(binding, name, array)
+                for name, array in (("hidden_out", self.hidden_out), ("key", self.key),
+                                    ("value", self.value), ("halt", self.halt)):
+                    if array is not None:
+                        _bind_output(binding, name, array)
+                row.append(binding)
+            self.bindings.append(row)
+
+    def run(self, b: int, i: int, hidden, positions, bias):
+        np.copyto(self.hidden_in, hidden)
+        self.position[0] = positions[0]
+        np.copyto(self.bias, bias)
+        sess = self.engine.blocks[b]
+        start = time.perf_counter()
+        sess.run_with_iobinding(self.bindings[b][i])
+        self.engine.timer.add("block", time.perf_counter() - start)
+        return self.hidden_out, self.key, self.value, self.halt
+
+
+def _bind_input(binding, name: str, array: np.ndarray) -> None:
+    binding.bind_input(name, "cpu", 0, array.dtype, list(array.shape), array.ctypes.data)
+
+
+def _bind_output(binding, name: str, array: np.ndarray) -> None:
+    binding.bind_output(name, "cpu", 0, array.dtype, list(array.shape), array.ctypes.data)

@@ -1,0 +1,89 @@
+"""KV state in NumPy: per (block, iteration) preallocated [H, W+G, D] key and value buffers.
+
+Slots 0..W-1 are the ring (slot = position % W), W..W+G-1 the global buffer in arrival order
+(position 0 and THINK tokens). Every token is written into every (block, iteration), at the
+same slot (carried-KV policy: iterations a token did not run get its deepest computed KV), so
+one table of slot positions serves all buffers. Memory never grows with the sequence.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..model.config import ModelConfig
+
+
+class KVState:
+    def __init__(self, config: ModelConfig):
+        self.window = config.window_size
+        self.globals = config.max_global_tokens
+        stored = self.window + self.globals
+        shape = (config.num_blocks, config.steps_reasoning, config.num_heads, stored,
+                 config.head_dim)
+        self.keys = np.zeros(shape, np.float32)
+        self.values = np.zeros(shape, np.float32)
+        # position held by each stored slot, -1 when empty; ring slots first, then globals
+        self.slot_pos = np.full(stored, -1, np.int64)
+        self.is_global_slot = np.arange(stored) >= self.window
+        self.global_count = 0
+        self.length = 0          # next position
+
+    def reset(self) -> None:
+        self.slot_pos[:] = -1
+        self.global_count = 0
+        self.length = 0
+
+    @property
+    def globals_free(self) -> int:
+        return self.globals - self.global_count
+
+    def attn_bias(self, positions: np.ndarray, new_global: np.ndarray) -> np.ndarray:
+        """Additive mask [T, W+G+T]: 0 where visible, -inf where not (docs/ARTIFACTS.md)."""
+        q = positions[:, None]
+        stored = self.slot_pos[None, :]
+        delta = q - stored
+        see_stored = (stored >= 0) & (delta > 0) & ((delta < self.window) | self.is_global_slot)
+        delta_new = q - positions[None, :]
+        see_new = (delta_new >= 0) & ((delta_new < self.window) | new_global[None, :])
+        visible = np.concatenate([see_stored, see_new], axis=1)
+        return np.where(visible, np.float32(0), np.float32(-np.inf)).astype(np.float32)
+
+    def slots_for(self, positions: np.ndarray, new_global: np.ndarray):
+        """(token indices, slots) that the new tokens' KV go to; only the last W ordinary tokens
+        of a long chunk keep a ring slot. Raises when the global buffer would overflow."""
+        ordinary = np.flatnonzero(~new_global)
+        ordinary = ordinary[positions[ordinary] > positions[-1] - self.window]
+        glob = np.flatnonzero(new_global)
+        if self.global_count + len(glob) > self.globals:
+            raise ValueError(
+                f"the global KV buffer is full ({self.globals} slots for position 0 and THINK "
+                f"tokens); no more THINK tokens can be added")
+        tokens = np.concatenate([ordinary, glob])
+        slots = np.concatenate([positions[ordinary] % self.window,
+                                self.window + self.global_count + np.arange(len(glob))])
+        return tokens, slots
+
+    def write(self, block: int, iteration: int, key: np.ndarray, value: np.ndarray,
+              tokens: np.ndarray, slots: np.ndarray) -> None:
+        """Store key/value [1, H, T, D] of the chosen tokens into (block, iteration)."""
+        self.keys[block, iteration][:, slots] = key[0][:, tokens]
+        self.values[block, iteration][:, slots] = value[0][:, tokens]
+
+    def commit(self, positions: np.ndarray, tokens: np.ndarray, slots: np.ndarray,
+               new_global: np.ndarray) -> None:
+        """Record the positions now held by the written slots; advance the length."""
+        self.slot_pos[slots] = positions[tokens]
+        self.global_count += int(new_global.sum())
+        self.length = int(positions[-1]) + 1
+
+    def rewind(self) -> None:
+        """Forget the latest token (to run it again deeper). Its ring slot held position
+        p - W before, which no later query can see, so nothing is lost."""
+        if self.length == 0:
+            raise ValueError("nothing to rewind")
+        p = self.length - 1
+        held = np.flatnonzero(self.slot_pos == p)
+        if len(held) and self.is_global_slot[held[0]]:
+            self.global_count -= 1
+        self.slot_pos[held] = -1
+        self.length = p
