@@ -48,3 +48,36 @@ def random_model():
         for p in model.parameters():
             p.normal_(0.0, 0.3)
     return model
+
+
+def _save_random_checkpoint(model, path):
+    from lantern_edge.model.checkpoint import save_checkpoint
+    from lantern_edge.model.config import ControllerConfig
+    from lantern_edge.model.tokenizer import char_tokenizer
+    # 64 distinct printable characters: ids 0-3 double as bos/eos/pad/think for this model
+    chars = [chr(c) for c in range(ord("0"), ord("0") + 64)]
+    save_checkpoint(path, model, ControllerConfig(), char_tokenizer(chars).to_str())
+    return path
+
+
+@pytest.fixture(scope="session")
+def random_checkpoint(tmp_path_factory, random_model):
+    return _save_random_checkpoint(random_model, tmp_path_factory.mktemp("random") / "random.pt")
+
+
+# --- export -----------------------------------------------------------------------------------
+
+@pytest.fixture(scope="session")
+def upstream_artifacts(tmp_path_factory, upstream_dir):
+    from lantern_edge.export.api import export_checkpoint
+    out = tmp_path_factory.mktemp("upstream") / "artifacts"
+    export_checkpoint(upstream_dir / "checkpoint.pt", out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def random_artifacts(tmp_path_factory, random_checkpoint):
+    from lantern_edge.export.api import export_checkpoint
+    out = tmp_path_factory.mktemp("random_art") / "artifacts"
+    export_checkpoint(random_checkpoint, out)
+    return out

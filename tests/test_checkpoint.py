@@ -84,11 +84,14 @@ class _RunsCode:
 
 def test_pickle_that_tries_to_run_code_is_refused(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    path = tmp_path / "evil.pt"
-    with open(path, "wb") as f:
-        pickle.dump({"model_state_dict": _RunsCode(), "config": {}}, f)
-    _expect(path, "refused to load")
+    payload = {"model_state_dict": _RunsCode(), "config": {}}
+    with open(tmp_path / "evil.pt", "wb") as f:
+        pickle.dump(payload, f, protocol=2)
+    torch.save(payload, tmp_path / "evil2.pt")
+    for name in ("evil.pt", "evil2.pt"):
+        _expect(tmp_path / name, "refused to load .* references the Python object posix.system")
     assert not (tmp_path / "PWNED").exists()
-    torch.save({"model_state_dict": _RunsCode(), "config": {}}, tmp_path / "evil2.pt")
-    _expect(tmp_path / "evil2.pt", "refused to load")
+    with open(tmp_path / "evil3.pt", "wb") as f:
+        pickle.dump(payload, f, protocol=4)         # framed pickles are not torch files at all
+    _expect(tmp_path / "evil3.pt", "not a readable PyTorch checkpoint")
     assert not (tmp_path / "PWNED").exists()

@@ -93,14 +93,18 @@ def _read(path: Path) -> Any:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises many types here; all mean "unusable file"
         text = str(e)
-        if "Weights only load failed" in text or "weights_only" in text:
+        blocked = re.search(r"unsupported GLOBAL ([\w.]+)", text)
+        if blocked:
             raise CheckpointError(
-                f"refused to load {path}: it contains Python objects that safe (weights-only) "
-                f"loading does not allow, which could run code; only checkpoints of tensors and "
-                f"plain data are accepted") from e
-        reason = text.strip().splitlines()[0] if text.strip() else type(e).__name__
+                f"refused to load {path}: it references the Python object {blocked.group(1)}, "
+                f"which safe (weights-only) loading does not allow because it could run code; "
+                f"only checkpoints of tensors and plain data are accepted") from e
+        detail = re.search(r"WeightsUnpickler error:\s*(.+)", text)
+        reason = detail.group(1).strip() if detail else (
+            text.strip().splitlines()[0] if text.strip() else type(e).__name__)
         raise CheckpointError(
-            f"{path} is not a readable PyTorch checkpoint (truncated or corrupt?): {reason}") from e
+            f"{path} is not a readable PyTorch checkpoint (not written by torch.save, truncated "
+            f"or corrupt): {reason}") from e
 
 
 def _own(path: Path, raw: dict[str, Any]) -> Checkpoint:

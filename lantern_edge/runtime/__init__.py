@@ -1,0 +1,1 @@
+"""The NumPy + ONNX Runtime side of lantern-edge. Imports numpy, onnxruntime, tokenizers only."""
