@@ -1,0 +1,86 @@
+"""GenerationOptions: every knob of one generate() call, validated once.
+
+Names follow Hugging Face's generate where a counterpart exists. The adaptive fields' defaults
+come from the artifacts' manifest (`Runtime.defaults`); per-call overrides go through
+`dataclasses.replace`, so they are validated too.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+
+def _require(ok: bool, name: str, value: Any, allowed: str) -> None:
+    if not ok:
+        raise ValueError(f"{name} must be {allowed}, got {value!r}")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+@dataclass(frozen=True)
+class GenerationOptions:
+    # length and stopping
+    max_new_tokens: int = 64              # new tokens, the prompt not counted
+    stop: tuple[str, ...] = ()            # stop once the new text contains one of these
+    eos_token_id: int | None = None       # stop after this id (default: the model's <eos>)
+    # sampling
+    do_sample: bool = False               # False: greedy (argmax)
+    temperature: float = 1.0              # > 0, used when do_sample
+    top_k: int | None = None              # keep the k most likely tokens
+    top_p: float | None = None            # nucleus: keep the smallest set with mass >= top_p
+    seed: int | None = None               # seeds sampling and the MC-dropout masks
+    # adaptive compute (defaults: the manifest's controller section)
+    adaptive: bool = True                 # False: the fixed steps_base path, no signals
+    steps_base: int = 2                   # iterations per block, cheap path
+    steps_reasoning: int = 4              # iterations per block, deep path (<= the model's)
+    mc_samples: int = 5                   # dropout samples in the high band
+    weight_entropy: float = 1.0           # U = a*H + b*dispersion - c*p_max
+    weight_dispersion: float = 0.5
+    weight_p_max: float = 0.5
+    tau_low: float = 1.0                  # U < tau_low: confident
+    tau_mid: float = 2.0                  # < tau_mid: moderate (refined sampling)
+    tau_high: float = 3.0                 # < tau_high: MC refinement; >= : THINK + deep recursion
+    lambda_epistemic: float = 0.3         # U_total = U + lambda * mutual information
+    refined_temperature: float = 0.7      # moderate band: temperature multiplier
+    use_halting: bool = False             # stop a block's iterations when p_halt >= threshold
+    halting_threshold: float = 0.5
+    inject_think: bool = True             # very high band: inject THINK when the model has one
+
+    def __post_init__(self) -> None:
+        _require(_is_int(self.max_new_tokens) and self.max_new_tokens >= 1, "max_new_tokens",
+                 self.max_new_tokens, "an int >= 1")
+        _require(isinstance(self.stop, tuple) and all(isinstance(s, str) and s for s in self.stop),
+                 "stop", self.stop, "a tuple of non-empty strings")
+        _require(self.eos_token_id is None or (_is_int(self.eos_token_id) and self.eos_token_id >= 0),
+                 "eos_token_id", self.eos_token_id, "None or an id >= 0")
+        _require(isinstance(self.temperature, (int, float)) and self.temperature > 0,
+                 "temperature", self.temperature, "> 0 (use do_sample=False for greedy decoding)")
+        _require(self.top_k is None or (_is_int(self.top_k) and self.top_k >= 1), "top_k",
+                 self.top_k, "None or an int >= 1")
+        _require(self.top_p is None or 0 < self.top_p <= 1, "top_p", self.top_p, "None or in (0, 1]")
+        _require(self.seed is None or _is_int(self.seed) and self.seed >= 0, "seed", self.seed,
+                 "None or an int >= 0")
+        _require(_is_int(self.steps_base) and self.steps_base >= 1, "steps_base", self.steps_base,
+                 "an int >= 1")
+        _require(_is_int(self.steps_reasoning) and self.steps_reasoning >= self.steps_base,
+                 "steps_reasoning", self.steps_reasoning, f"an int >= steps_base={self.steps_base}")
+        _require(_is_int(self.mc_samples) and 2 <= self.mc_samples <= 64, "mc_samples",
+                 self.mc_samples, "an int in [2, 64]")
+        _require(self.tau_low <= self.tau_mid <= self.tau_high, "tau_low <= tau_mid <= tau_high",
+                 (self.tau_low, self.tau_mid, self.tau_high), "ordered")
+        _require(self.lambda_epistemic >= 0, "lambda_epistemic", self.lambda_epistemic, ">= 0")
+        _require(self.refined_temperature > 0, "refined_temperature", self.refined_temperature, "> 0")
+        _require(0 < self.halting_threshold <= 1, "halting_threshold", self.halting_threshold,
+                 "in (0, 1]")
+
+    def check_model(self, num_steps_reasoning: int, vocab_size: int) -> None:
+        """Limits that depend on the model: its KV buffers hold steps_reasoning iterations."""
+        _require(self.steps_reasoning <= num_steps_reasoning, "steps_reasoning",
+                 self.steps_reasoning, f"<= the model's steps_reasoning={num_steps_reasoning}")
+        _require(self.eos_token_id is None or self.eos_token_id < vocab_size, "eos_token_id",
+                 self.eos_token_id, f"None or an id in [0, vocab_size={vocab_size})")
+        _require(self.top_k is None or self.top_k <= vocab_size, "top_k", self.top_k,
+                 f"<= vocab_size={vocab_size}")

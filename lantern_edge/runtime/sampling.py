@@ -1,0 +1,40 @@
+"""Choosing a token from logits: greedy, temperature, top-k, top-p; seeded NumPy generator."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits - logits.max(axis=-1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def entropy(probs: np.ndarray) -> np.ndarray:
+    """Entropy in nats of each row; 0 * log 0 counts as 0."""
+    logp = np.log(np.where(probs > 0, probs, 1.0))
+    return -(probs * logp).sum(axis=-1)
+
+
+def filter_logits(logits: np.ndarray, top_k: int | None, top_p: float | None) -> np.ndarray:
+    """-inf outside the top-k / nucleus; always keeps the most likely token."""
+    out = logits.astype(np.float32, copy=True)
+    if top_k is not None and top_k < len(out):
+        cutoff = np.partition(out, -top_k)[-top_k]
+        out[out < cutoff] = -np.inf
+    if top_p is not None and top_p < 1.0:
+        order = np.argsort(-out)
+        probs = softmax(out[order])
+        keep = np.cumsum(probs) - probs < top_p      # mass before this token is still short
+        out[order[~keep]] = -np.inf
+    return out
+
+
+def choose(logits: np.ndarray, do_sample: bool, temperature: float, top_k: int | None,
+           top_p: float | None, rng: np.random.Generator) -> int:
+    if not do_sample:
+        return int(np.argmax(logits))
+    filtered = filter_logits(logits / np.float32(temperature), top_k, top_p)
+    probs = softmax(filtered.astype(np.float64))
+    return int(rng.choice(len(probs), p=probs))
