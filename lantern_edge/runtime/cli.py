@@ -1,0 +1,88 @@
+"""`lantern-edge generate PROMPT [--model PATH] [...]`: stream a completion, optionally traced."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+
+from ..errors import LanternError
+
+# ANSI colours per band; plain text when stdout is not a terminal or NO_COLOR is set.
+COLOURS = {"confident": "32", "moderate": "36", "high": "33", "very_high": "35", None: "0"}
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="lantern-edge generate",
+                                description="Generate text with a LANTERN artifacts directory.")
+    p.add_argument("prompt")
+    p.add_argument("--model", default=None,
+                   help="artifacts directory or its model.onnx (default: the shipped model)")
+    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--do-sample", action="store_true", help="sample instead of greedy decoding")
+    p.add_argument("--temperature", type=float, default=None)
+    p.add_argument("--top-k", type=int, default=None)
+    p.add_argument("--top-p", type=float, default=None)
+    p.add_argument("--int8", action="store_true", help="use the INT8 graphs")
+    p.add_argument("--no-adaptive", action="store_true", help="fixed steps_base path")
+    p.add_argument("--threads", type=int, default=None, help="intra-op threads per session")
+    p.add_argument("--trace", action="store_true",
+                   help="colour each token by band and print a per-band summary")
+    p.add_argument("--json", action="store_true", help="print the result and its trace as JSON")
+    return p
+
+
+def _colour(text: str, band: str | None, enabled: bool) -> str:
+    return f"\x1b[{COLOURS[band]}m{text}\x1b[0m" if enabled and text else text
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    from .generate import Runtime
+    overrides = {"max_new_tokens": args.max_new_tokens, "seed": args.seed,
+                 "adaptive": not args.no_adaptive, "do_sample": args.do_sample}
+    for name in ("temperature", "top_k", "top_p"):
+        if getattr(args, name) is not None:
+            overrides[name] = getattr(args, name)
+    try:
+        runtime = Runtime(args.model, precision="int8" if args.int8 else "fp32",
+                          intra_op_threads=args.threads)
+        if args.json:
+            result = runtime.generate(args.prompt, **overrides)
+            out = {k: v for k, v in dataclasses.asdict(result).items()}
+            print(json.dumps(out, indent=1))
+            return 0
+        colour = args.trace and sys.stdout.isatty() and "NO_COLOR" not in __import__("os").environ
+        trace = []
+        for token in runtime.stream(args.prompt, **overrides):
+            trace.append(token.trace)
+            piece = _colour(token.text, token.trace.band, colour) if args.trace else token.text
+            sys.stdout.write(piece)
+            sys.stdout.flush()
+        sys.stdout.write("\n")
+    except (LanternError, ValueError) as e:
+        print(f"lantern-edge generate: {e}", file=sys.stderr)
+        return 2
+    if args.trace:
+        print(_summary(trace))
+    return 0
+
+
+def _summary(trace) -> str:
+    lines = ["", f"{'band':<10} {'tokens':>6} {'mean U':>7} {'iters/blk':>9} {'MC':>3} {'THINK':>5}"]
+    for band in ("confident", "moderate", "high", "very_high", None):
+        rows = [t for t in trace if t.band == band]
+        if not rows:
+            continue
+        name = band or "fixed"
+        mean_u = sum(t.u for t in rows) / len(rows) if band else float("nan")
+        iters = sum(sum(t.iterations) / len(t.iterations) for t in rows) / len(rows)
+        lines.append(f"{_colour(f'{name:<10}', band, sys.stdout.isatty())} {len(rows):>6} "
+                     f"{mean_u:>7.2f} {iters:>9.2f} {sum(t.mc_samples > 0 for t in rows):>3} "
+                     f"{sum(t.think_injected for t in rows):>5}")
+    total_us = sum(t.microseconds for t in trace)
+    if trace:
+        lines.append(f"{len(trace)} tokens, {len(trace) / (total_us / 1e6):.0f} tok/s")
+    return "\n".join(lines)
