@@ -81,3 +81,22 @@ def random_artifacts(tmp_path_factory, random_checkpoint):
     out = tmp_path_factory.mktemp("random_art") / "artifacts"
     export_checkpoint(random_checkpoint, out)
     return out
+
+
+# --- training ---------------------------------------------------------------------------------
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory):
+    """The tiny preset trained for real on a slice of the stdlib corpus (~40 s on 2 cores)."""
+    from lantern_edge.model.training import PRESETS, TrainConfig, train
+    path = tmp_path_factory.mktemp("tiny") / "tiny.pt"
+    train(TrainConfig(output=str(path), **PRESETS["tiny"]), progress=False)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_artifacts(tmp_path_factory, tiny_checkpoint):
+    from lantern_edge.export.api import export_checkpoint
+    out = tmp_path_factory.mktemp("tiny_art") / "artifacts"
+    export_checkpoint(tiny_checkpoint, out)
+    return out

@@ -99,8 +99,8 @@ PRESETS = {
     # <= 200k parameters, < 1 minute on 2 CPU cores: what the tests train
     "tiny": dict(vocab_size=512, hidden_size=64, num_heads=4, intermediate_size=128,
                  num_blocks=2, window_size=16, max_position=256, max_global_tokens=8,
-                 seq_len=64, batch_size=16, lr=4e-3, warmup_steps=20, max_steps=200,
-                 eval_interval=100, eval_batches=4, corpus_max_chars=400_000),
+                 seq_len=64, batch_size=16, lr=6e-3, warmup_steps=20, max_steps=500,
+                 eval_interval=250, eval_batches=4, corpus_max_chars=400_000, threads=2),
     # the shipped default model
     "small": dict(vocab_size=4096, hidden_size=256, num_heads=4, intermediate_size=768,
                   num_blocks=2, window_size=128, max_position=1024, max_global_tokens=16,
