@@ -86,11 +86,15 @@ class IncrementalDecoder:
                         for _ in range(cfg.num_blocks)]
 
     @torch.no_grad()
-    def forward(self, ids: torch.Tensor, depth: int | torch.Tensor | None = None) -> ModelOutput:
+    def forward(self, ids: torch.Tensor, depth: int | torch.Tensor | None = None,
+                halting_threshold: float | None = None) -> ModelOutput:
         """Run new tokens ids (T,) at the next positions and store their KV.
 
         depth: iterations per block, an int or a LongTensor broadcastable to (num_blocks, T),
-        at most steps_reasoning. Returns logits (1, T, V), hidden (1, T, C), halting.
+        at most steps_reasoning. halting_threshold (one token only): a block stops after an
+        iteration whose p_halt >= threshold. Returns logits (1, T, V), hidden (1, T, C), halting;
+        afterwards `iterations` holds the last token's iterations per block and `mc_input` the
+        hidden state entering the last block's last iteration (the MC-dropout step's input).
         """
         model, cfg = self.model, self.model.config
         length = ids.shape[0]
@@ -99,7 +103,7 @@ class IncrementalDecoder:
         depth = cfg.steps_base if depth is None else depth
         depth = torch.as_tensor(depth, dtype=torch.long)
         grid = depth_grid(depth.unsqueeze(-2) if depth.dim() else depth,
-                          cfg.num_blocks, 1, length)[:, 0]                  # (num_blocks, T)
+                          cfg.num_blocks, 1, length)[:, 0].clone()          # (num_blocks, T)
         if int(grid.max()) > cfg.steps_reasoning:
             raise ValueError(f"depth {int(grid.max())} exceeds steps_reasoning={cfg.steps_reasoning}")
         is_global = model.is_global(ids, positions)
@@ -113,14 +117,20 @@ class IncrementalDecoder:
             for i in range(cfg.steps_reasoning):
                 active = (grid[b] > i)[None, None, :, None]                     # (1, 1, T, 1)
                 if i < int(grid[b].max()):
+                    if b == cfg.num_blocks - 1 and int(grid[b, -1]) > i:
+                        self.mc_input = x[:, -1:].clone()      # kept: the last one run wins
                     x, k, v, halt = self._step(b, i, x, k, v, active, positions, cos, sin,
                                                new_visible, None)
                     if halt is not None:
                         block_halting.append(halt)
+                        if (halting_threshold is not None and length == 1
+                                and float(halt[0, -1]) >= halting_threshold):
+                            grid[b] = i + 1
                 # k, v now hold each token's deepest computed KV (carried for shallow tokens)
                 self.buffers[b][i].write(k, v, positions, is_global)
             halting.append(block_halting)
         self.length += length
+        self.iterations = grid[:, -1].tolist()
         logits, hidden = model.lm_head(x)
         return ModelOutput(logits, hidden, stack_halting(halting))
 

@@ -78,7 +78,8 @@ def _summary(trace) -> str:
             continue
         name = band or "fixed"
         mean_u = sum(t.u for t in rows) / len(rows) if band else float("nan")
-        iters = sum(sum(t.iterations) / len(t.iterations) for t in rows) / len(rows)
+        iters = sum((sum(t.iterations) + sum(t.deep_iterations or ())) / len(t.iterations)
+                    for t in rows) / len(rows)
         lines.append(f"{_colour(f'{name:<10}', band, sys.stdout.isatty())} {len(rows):>6} "
                      f"{mean_u:>7.2f} {iters:>9.2f} {sum(t.mc_samples > 0 for t in rows):>3} "
                      f"{sum(t.think_injected for t in rows):>5}")

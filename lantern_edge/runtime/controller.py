@@ -37,7 +37,8 @@ class Decision:
     think_injected: bool = False
     deepened: bool = False                # the newest token was re-run at steps_reasoning
     think_skipped: str | None = None      # why THINK was not injected in the very high band
-    iterations: list[int] = field(default_factory=list)   # per block, of the deciding pass
+    iterations: list[int] = field(default_factory=list)   # per block, of the cheap pass
+    deep_iterations: list[int] | None = None               # per block, of the THINK/deepened pass
 
 
 def band_of(u: float, options: GenerationOptions) -> str:
@@ -96,7 +97,7 @@ class Controller:
                 return decision
             decision.band = "very_high"          # escalated by epistemic uncertainty
         if decision.band == "very_high":
-            logits, decision.iterations = self._go_deep(last_token, options, decision)
+            logits, decision.deep_iterations = self._go_deep(last_token, options, decision)
             decision.token = self._choose(logits, options, options.temperature, rng)
         else:
             scale = options.refined_temperature if decision.band == "moderate" else 1.0

@@ -29,7 +29,8 @@ class TraceEntry:
     text: str                             # the piece of text this token added (may be "")
     band: str | None                      # confident / moderate / high / very_high; None if fixed
     probability: float                    # of the chosen token
-    iterations: list[int]                 # iterations run per block by the deciding pass
+    iterations: list[int]                 # iterations run per block by the cheap pass
+    deep_iterations: list[int] | None = None  # per block, THINK or deepened pass (very high)
     entropy: float | None = None
     p_max: float | None = None
     dispersion: float | None = None
@@ -107,8 +108,7 @@ class Runtime:
             weight_entropy=ctl.weight_entropy, weight_dispersion=ctl.weight_dispersion,
             weight_p_max=ctl.weight_p_max, tau_low=ctl.tau_low, tau_mid=ctl.tau_mid,
             tau_high=ctl.tau_high, lambda_epistemic=ctl.lambda_epistemic,
-            refined_temperature=ctl.refined_temperature, use_halting=self.config.use_halting,
-            halting_threshold=ctl.halting_threshold)
+            refined_temperature=ctl.refined_temperature, halting_threshold=ctl.halting_threshold)
 
     @classmethod
     def default(cls, **kwargs) -> "Runtime":
@@ -216,7 +216,7 @@ def _trace(d: Decision, piece: str, microseconds: float) -> TraceEntry:
     s = d.signals
     return TraceEntry(
         token_id=d.token, text=piece, band=d.band, probability=d.probability,
-        iterations=d.iterations, entropy=s.get("entropy"), p_max=s.get("p_max"),
+        iterations=d.iterations, deep_iterations=d.deep_iterations, entropy=s.get("entropy"), p_max=s.get("p_max"),
         dispersion=s.get("dispersion"), u=s.get("score"), u_epistemic=d.u_epistemic,
         u_total=d.u_total, mc_samples=d.mc_samples, think_injected=d.think_injected,
         deepened=d.deepened, think_skipped=d.think_skipped, microseconds=microseconds)
@@ -228,8 +228,9 @@ def summarize(result: GenerationResult, num_blocks: int) -> dict:
     return {
         "new_tokens": n,
         "tokens_per_second": n / result.seconds if result.seconds > 0 else 0.0,
-        "mean_iterations_per_block": (sum(sum(t.iterations) for t in result.trace)
-                                      / (n * num_blocks)) if n else 0.0,
+        # compute spent per token: the cheap pass plus any THINK / deepened pass
+        "mean_iterations_per_block": (sum(sum(t.iterations) + sum(t.deep_iterations or ())
+                                          for t in result.trace) / (n * num_blocks)) if n else 0.0,
         "band_counts": {b: bands.get(b, 0) for b in ("confident", "moderate", "high", "very_high")},
         "mc_calls": sum(1 for t in result.trace if t.mc_samples),
         "think_injections": sum(t.think_injected for t in result.trace),
