@@ -1,0 +1,1 @@
+"""fp32 artifacts -> INT8 graphs with a measured quality report (onnx + onnxruntime)."""

@@ -1,0 +1,177 @@
+"""fp32 artifacts -> INT8 graphs beside them (int8/), recorded in the manifest with hashes.
+
+What is quantized and what stays float:
+- block steps, the MC step and the LM head: every MatMul with a constant weight gets INT8
+  weights (dynamic mode: activations quantized on the fly per call; static mode: QDQ with
+  activation ranges calibrated on real text). Attention score/value MatMuls (two activations),
+  LayerNorm, Softmax, SiLU and the residual adds stay float: they carry no weights and are where
+  quantization error would compound.
+- embed and uncertainty: their tables are quantized only where ONNX Runtime can (Gather); the
+  uncertainty head's softmax, entropy and top-k stay float (its signals steer the controller).
+- model.onnx (the standalone entry point) stays fp32.
+The graphs keep the fp32 graphs' input/output contract, so the runtime only switches files.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import onnx
+
+from ..errors import ArtifactError, LanternError
+from ..runtime.artifacts import open_artifacts
+
+logger = logging.getLogger(__name__)
+
+INT8_DIR = "int8"
+MODES = ("dynamic", "static")
+
+
+class QuantizationError(LanternError, ValueError):
+    """The input cannot be quantized (not artifacts, already quantized, empty calibration)."""
+
+
+@dataclass
+class QuantReport:
+    root: Path
+    mode: str
+    per_channel: bool
+    sizes: dict[str, tuple[int, int]]         # graph files / weights -> (fp32 bytes, int8 bytes)
+    quality: dict = field(default_factory=dict)
+
+
+def quantize_artifacts(path: str | Path, *, mode: str = "dynamic", per_channel: bool = False,
+                       calibration: list[str] | None = None, force: bool = False,
+                       evaluate: bool = True, progress=lambda message: None) -> QuantReport:
+    """Write int8/ graphs for the artifacts at path and add them to lantern.json."""
+    from ..export.manifest import graph_section, write_manifest
+    from ..export.onnx_export import write_graphs
+    from .quality import evaluate_quality, write_quality_report
+
+    if mode not in MODES:
+        raise QuantizationError(f"--mode must be one of {MODES}, got {mode!r}")
+    path = Path(path)
+    if path.name == INT8_DIR or (path.is_file() and path.parent.name == INT8_DIR):
+        raise QuantizationError(f"{path} is already quantized; pass the artifacts directory "
+                                f"that holds lantern.json")
+    try:
+        artifacts = open_artifacts(path, "fp32")
+    except ArtifactError as e:
+        raise QuantizationError(f"{path} is not a LANTERN artifacts directory ({e})") from e
+    root = artifacts.root
+    if "int8" in artifacts.manifest["graphs"] and not force:
+        raise QuantizationError(f"{root} already has INT8 graphs; pass --force to redo them")
+    calibration_texts = _calibration_texts(calibration) if mode == "static" else None
+
+    fp32 = artifacts.manifest["graphs"]["fp32"]
+    roles = [("embed", fp32["embed"]["file"])] + [("block", e["file"]) for e in fp32["blocks"]]
+    roles += [(role, fp32[role]["file"]) for role in ("mc_step", "lm_head", "uncertainty")]
+    tmp = Path(tempfile.mkdtemp(prefix=".int8.partial-", dir=root))
+    try:
+        feeds = None
+        if mode == "static":
+            from .calibration import collect_feeds
+            progress("collecting calibration inputs from the fp32 graphs")
+            feeds = collect_feeds(artifacts, calibration_texts)
+        built = []
+        for role, file in roles:
+            progress(f"quantizing {file} ({mode}{', per-channel' if per_channel else ''})")
+            name = Path(file).name
+            built.append((role, name, _quantize_graph(root / file, per_channel,
+                                                      feeds.get(name) if feeds else None)))
+        files = write_graphs(built, tmp)
+        for f in files:
+            onnx.checker.check_model(str(tmp / f.file))
+        final = root / INT8_DIR
+        if final.exists():
+            shutil.rmtree(final)
+        tmp.rename(final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+    for f in files:
+        f.file = f"{INT8_DIR}/{f.file}"
+    manifest = artifacts.manifest
+    section = graph_section(files, [f"{INT8_DIR}/weights.bin"])
+    section["quantization"] = {"mode": mode, "per_channel": per_channel, "weight_type": "int8",
+                               "kept_float": KEPT_FLOAT}
+    manifest["graphs"]["int8"] = section
+    write_manifest(root, manifest)
+    sizes = {"graph files": (sum((root / file).stat().st_size for _, file in roles),
+                             sum((root / f.file).stat().st_size for f in files)),
+             "weights": ((root / "weights.bin").stat().st_size,
+                         (final / "weights.bin").stat().st_size)}
+    report = QuantReport(root, mode, per_channel, sizes)
+    if evaluate:
+        progress("measuring quality on held-out text (fp32 vs int8)")
+        report.quality = evaluate_quality(root)
+        write_quality_report(report)
+        manifest["graphs"]["int8"]["quality"] = dict(report.quality)
+        write_manifest(root, manifest)
+    return report
+
+
+KEPT_FLOAT = ["model.onnx (the standalone entry point)", "LayerNorm", "Softmax",
+              "attention MatMuls (activation x activation)",
+              "uncertainty head arithmetic (softmax, entropy, top-k)"]
+
+
+def _calibration_texts(files: list[str] | None) -> list[str]:
+    if files:
+        texts = []
+        for f in files:
+            p = Path(f)
+            if not p.is_file():
+                raise QuantizationError(f"calibration file not found: {p}")
+            texts.append(p.read_text(encoding="utf-8", errors="replace"))
+    else:
+        from ..model.corpus import load_corpus
+        texts = load_corpus(max_chars=200_000).train
+    texts = [t for t in texts if t.strip()]
+    if not texts:
+        raise QuantizationError("the calibration set is empty: give text files with content")
+    return texts
+
+
+def _quantize_graph(src: Path, per_channel: bool, feeds) -> onnx.ModelProto:
+    """Dynamic INT8 (feeds None) or static QDQ calibrated on feeds, as an in-memory model."""
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_dynamic, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    with tempfile.TemporaryDirectory() as work:
+        full, pre, out = (Path(work) / n for n in ("full.onnx", "pre.onnx", "int8.onnx"))
+        onnx.save(onnx.load(str(src)), str(full))          # weights inline for the quantizer
+        # Folds Transpose(weight) patterns so every weight MatMul is seen (PERF_NOTES.md).
+        quant_pre_process(str(full), str(pre), skip_symbolic_shape=True)
+        if feeds is None:
+            quantize_dynamic(str(pre), str(out), weight_type=QuantType.QInt8,
+                             per_channel=per_channel,
+                             op_types_to_quantize=["MatMul", "Gather", "Gemm"],
+                             extra_options={"MatMulConstBOnly": True})
+        else:
+            from .calibration import FeedReader
+            quantize_static(str(pre), str(out), FeedReader(feeds), quant_format=QuantFormat.QDQ,
+                            activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+                            per_channel=per_channel, op_types_to_quantize=["MatMul", "Gemm"],
+                            extra_options={"MatMulConstBOnly": True})
+        return onnx.load(str(out))
+
+
+def main_summary(report: QuantReport) -> str:
+    lines = [f"{'':<12} {'fp32':>10} {'int8':>10} {'ratio':>6}"]
+    total32 = total8 = 0
+    for name, (a, b) in report.sizes.items():
+        lines.append(f"{name:<12} {a / 1e3:>8.1f}kB {b / 1e3:>8.1f}kB {b / a:>6.2f}")
+        total32, total8 = total32 + a, total8 + b
+    lines.append(f"{'total':<12} {total32 / 1e3:>8.1f}kB {total8 / 1e3:>8.1f}kB "
+                 f"{total8 / total32:>6.2f}")
+    if report.quality:
+        lines.append("")
+        lines += [f"{k}: {v:.4g}" if isinstance(v, float) else f"{k}: {v}"
+                  for k, v in report.quality.items()]
+    return "\n".join(lines)

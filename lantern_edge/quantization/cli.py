@@ -1,0 +1,32 @@
+"""`lantern-edge quantize ARTIFACTS [--mode dynamic|static] [--per-channel] [--calibration F...]`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="lantern-edge quantize",
+                                description="Write INT8 graphs beside an artifacts directory's "
+                                            "fp32 ones and print a quality report.")
+    p.add_argument("artifacts", help="artifacts directory (holding lantern.json)")
+    p.add_argument("--mode", choices=("dynamic", "static"), default="dynamic")
+    p.add_argument("--per-channel", action="store_true", help="per-channel weight scales")
+    p.add_argument("--calibration", nargs="+", default=None,
+                   help="text files for static calibration (default: the stdlib train split)")
+    p.add_argument("--force", action="store_true", help="redo existing INT8 graphs")
+    p.add_argument("--no-eval", action="store_true", help="skip the quality report")
+    args = p.parse_args(argv)
+    from ..errors import LanternError
+    from .api import main_summary, quantize_artifacts
+    try:
+        report = quantize_artifacts(args.artifacts, mode=args.mode, per_channel=args.per_channel,
+                                    calibration=args.calibration, force=args.force,
+                                    evaluate=not args.no_eval,
+                                    progress=lambda m: print(f"  {m}", flush=True))
+    except (LanternError, OSError) as e:
+        print(f"lantern-edge quantize: {e}", file=sys.stderr)
+        return 2
+    print(main_summary(report))
+    return 0
