@@ -7,7 +7,7 @@ interrupted or failed export never leaves a half-written artifacts directory.
 
 from __future__ import annotations
 
-import json
+import logging
 import os
 import shutil
 import tempfile
@@ -15,17 +15,23 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import onnx
 import torch
 
 from ..errors import LanternError
 from ..model.checkpoint import load_checkpoint
-from ..runtime.artifacts import open_artifacts, sha256_of
-from .manifest import TOKENIZER_FILE, build_manifest, write_manifest
-from .onnx_export import WEIGHTS_FILE, check_graphs, export_graphs, set_metadata, store_weights_once
+from .builder import MIN_OPSET
+from .manifest import (METADATA_KEY, TOKENIZER_FILE, build_manifest, metadata_json, sha256_of,
+                       write_manifest)
+from .onnx_export import build_graphs, check_graphs, ort_node_count, set_metadata, write_graphs
 from .parity import check_parity, parity_failures
 
-MANIFEST_METADATA_KEY = "lantern_manifest"
-MIN_OPSET = 18
+logger = logging.getLogger(__name__)
+
+# which parity check covers which graph (lantern.json "parity" keys)
+PARITY_OF_ROLE = {"model": "model_onnx_logits", "embed": "decode_logits", "block": "decode_logits",
+                  "mc_step": "mc_step_logits", "lm_head": "decode_logits",
+                  "uncertainty": "uncertainty_rel"}
 
 
 class ExportError(LanternError, ValueError):
@@ -41,32 +47,70 @@ class ParityError(LanternError):
 
 
 @dataclass
+class GraphReport:
+    file: str
+    role: str
+    file_bytes: int           # the .onnx file itself
+    weight_bytes: int         # the external data it reads (shared with other graphs)
+    nodes: int                # as exported
+    ort_nodes: int            # after ONNX Runtime's graph optimisations (ORT_ENABLE_ALL)
+    parity: float             # the error of the check that covers it (PARITY_OF_ROLE)
+
+
+@dataclass
 class ExportReport:
     out_dir: Path
-    sizes: dict[str, int]                       # file -> bytes
+    graphs: list[GraphReport]
+    sizes: dict[str, int]                       # every file -> bytes
     parity: dict[str, float]
     seconds: float
     checkpoint_kind: str
+    opset: int
     notes: list[str] = field(default_factory=list)
 
+    @property
+    def total_bytes(self) -> int:
+        return sum(self.sizes.values())
 
-def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, *, opset: int = 18,
+
+def max_opset() -> int:
+    return onnx.defs.onnx_opset_version()
+
+
+def export_checkpoint(checkpoint_path: str | Path, out_dir: str | Path, opset: int = 18,
                       force: bool = False, vocab: str | Path | None = None,
                       progress=lambda message: None) -> ExportReport:
+    """Export a checkpoint (ours or upstream LANTERN's) to a verified artifacts directory.
+
+    Args:
+        checkpoint_path: the checkpoint file.
+        out_dir: the artifacts directory to create.
+        opset: ONNX opset, 17 up to what the installed onnx knows.
+        force: replace an existing out_dir (only once the new export has passed).
+        vocab: upstream char vocabulary (default: vocab.json beside an upstream checkpoint).
+        progress: called with one line per stage.
+
+    Returns:
+        ExportReport: per-graph sizes, node counts and parity errors.
+
+    Raises:
+        CheckpointError: missing, corrupt or foreign checkpoint.
+        ExportError: bad options, upstream checkpoint without vocabulary, unwritable output.
+        ParityError: the graphs disagree with the reference (nothing is written).
+    """
     start = time.perf_counter()
-    out_dir = Path(out_dir)
-    if opset < MIN_OPSET:
-        raise ExportError(
-            f"--opset must be >= {MIN_OPSET}: the dynamo exporter at opset 17 writes graphs "
-            f"ONNX Runtime refuses to load (Split with num_outputs), got {opset}")
+    checkpoint_path, out_dir = Path(checkpoint_path), Path(out_dir)
+    if not MIN_OPSET <= opset <= max_opset():
+        raise ExportError(f"--opset must be in [{MIN_OPSET}, {max_opset()}] (LayerNormalization "
+                          f"needs 17; the installed onnx knows up to {max_opset()}), got {opset}")
     if out_dir.exists() and not force:
         raise ExportError(f"{out_dir} already exists; pass --force to replace it")
-    ckpt = load_checkpoint(checkpoint, vocab)
-    if ckpt.tokenizer_json is None:
+    checkpoint = load_checkpoint(checkpoint_path, vocab)
+    if checkpoint.tokenizer_json is None:
         raise ExportError(
-            f"{checkpoint} is an upstream checkpoint without a vocabulary: put upstream's "
+            f"{checkpoint_path} is an upstream checkpoint without a vocabulary: put upstream's "
             f"vocab.json beside it or pass --vocab VOCAB_JSON")
-    model = ckpt.build_model()
+    model = checkpoint.build_model()
     parent = out_dir.resolve().parent
     try:
         parent.mkdir(parents=True, exist_ok=True)
@@ -74,35 +118,46 @@ def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, *, opset: int
     except OSError as e:
         raise ExportError(f"cannot write to {parent}: {e.strerror or e}") from e
     try:
-        torch.set_grad_enabled(False)
-        files = export_graphs(model, ckpt.controller_config.top_k_dispersion, tmp, opset,
-                              progress=lambda name: progress(f"exporting {name}"))
-        names = [f.file for f in files]
-        progress(f"storing weights once in {WEIGHTS_FILE}")
-        store_weights_once(tmp, names)
-        progress("checking graphs (onnx.checker, full_check)")
-        check_graphs(tmp, names)
-        (tmp / TOKENIZER_FILE).write_text(ckpt.tokenizer_json, encoding="utf-8")
-        manifest = build_manifest(ckpt, sha256_of(Path(checkpoint)), files, opset)
-        set_metadata(tmp / "model.onnx", MANIFEST_METADATA_KEY,
-                     json.dumps({k: v for k, v in manifest.items() if k != "files"}))
-        write_manifest(tmp, manifest)
-        progress("verifying parity against the PyTorch reference")
-        errors = check_parity(model, open_artifacts(tmp))
+        with torch.no_grad():
+            built = build_graphs(model, checkpoint.controller_config.top_k_dispersion, opset)
+            files = write_graphs(built, tmp, progress=lambda name: progress(f"wrote {name}"))
+            progress(f"checking {len(files)} graphs (onnx.checker, full_check)")
+            check_graphs(tmp, [f.file for f in files])
+            (tmp / TOKENIZER_FILE).write_text(checkpoint.tokenizer_json, encoding="utf-8")
+            manifest = build_manifest(checkpoint, sha256_of(checkpoint_path), files, opset)
+            set_metadata(tmp / "model.onnx", METADATA_KEY, metadata_json(manifest))
+            write_manifest(tmp, manifest)
+            progress("verifying parity against the PyTorch reference")
+            errors = check_parity(model, tmp)
         manifest["parity"] = errors
+        set_metadata(tmp / "model.onnx", METADATA_KEY, metadata_json(manifest))
         write_manifest(tmp, manifest)
         failures = parity_failures(errors)
         if failures:
             raise ParityError("exported graphs disagree with the reference: " +
                               ", ".join(failures), errors)
+        reports = _graph_reports(tmp, built, files, errors)
         sizes = {p.name: p.stat().st_size for p in sorted(tmp.iterdir()) if p.is_file()}
         _replace(tmp, out_dir)
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise ExportError(f"cannot write the artifacts next to {out_dir}: {e.strerror or e}") from e
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    finally:
-        torch.set_grad_enabled(True)
-    return ExportReport(out_dir, sizes, errors, time.perf_counter() - start, ckpt.kind)
+    return ExportReport(out_dir, reports, sizes, errors, time.perf_counter() - start,
+                        checkpoint.kind, opset)
+
+
+def _graph_reports(root: Path, built, files, errors) -> list[GraphReport]:
+    reports = []
+    for (role, name, model), f in zip(built, files):
+        weight_bytes = sum(int(next(e.value for e in t.external_data if e.key == "length"))
+                           for t in model.graph.initializer if t.external_data)
+        reports.append(GraphReport(name, role, (root / name).stat().st_size, weight_bytes,
+                                   f.nodes, ort_node_count(root / name),
+                                   errors[PARITY_OF_ROLE[role]]))
+    return reports
 
 
 def _replace(tmp: Path, out_dir: Path) -> None:
@@ -111,6 +166,11 @@ def _replace(tmp: Path, out_dir: Path) -> None:
     if out_dir.exists():
         old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
         out_dir.rename(old)
-    tmp.rename(out_dir)
+    try:
+        tmp.rename(out_dir)
+    except OSError:
+        if old is not None:
+            old.rename(out_dir)                # put the previous artifacts back
+        raise
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)

@@ -1,4 +1,8 @@
-"""`lantern-export CHECKPOINT [-o OUTDIR] [--opset N] [--int8] [--force] [--vocab V] [--debug]`."""
+"""`lantern-export CHECKPOINT [-o OUTDIR] [--opset N] [--int8] [--force] [--vocab V] [--debug]`.
+
+Exit codes: 0 exported and verified; 1 the graphs disagree with the PyTorch reference (the
+numbers are printed, nothing is written); 2 bad input (checkpoint, options, output location).
+"""
 
 from __future__ import annotations
 
@@ -8,61 +12,84 @@ import sys
 import traceback
 from pathlib import Path
 
+DEFAULT_ROOT = Path("artifacts")
+
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="lantern-export",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         description="Export a LANTERN checkpoint (lantern-edge's own or upstream LANTERN's) to a "
                     "verified directory of ONNX graphs for the lantern-edge runtime.")
-    p.add_argument("checkpoint", help="checkpoint.pt to export")
+    p.add_argument("checkpoint", help="checkpoint file to export")
     p.add_argument("-o", "--output", default=None,
-                   help="artifacts directory to create (default: artifacts/<checkpoint name>)")
-    p.add_argument("--opset", type=int, default=18, help="ONNX opset, >= 18 (default 18)")
-    p.add_argument("--int8", action="store_true", help="also write INT8 graphs (quantization)")
-    p.add_argument("--force", action="store_true", help="replace an existing output directory")
+                   help="artifacts directory to create (default: ./artifacts/<checkpoint stem>)")
+    p.add_argument("--opset", type=int, default=18, help="ONNX opset (17 or newer)")
+    p.add_argument("--int8", action="store_true",
+                   help="also write INT8 graphs (the quantization step)")
+    p.add_argument("--force", action="store_true",
+                   help="replace an existing output directory (after the new export passes)")
     p.add_argument("--vocab", default=None,
-                   help="upstream char vocabulary (vocab.json; default: the one beside the checkpoint)")
-    p.add_argument("--debug", action="store_true", help="show tracebacks")
+                   help="upstream char vocabulary vocab.json (default: the one beside the "
+                        "checkpoint)")
+    p.add_argument("--debug", action="store_true", help="show tracebacks and debug logging")
     return p
 
 
-def _table(report) -> str:
-    rows = [("file", "size")] + [(name, _size(n)) for name, n in report.sizes.items()]
-    rows.append(("total", _size(sum(report.sizes.values()))))
-    width = max(len(r[0]) for r in rows)
-    lines = [f"  {a:<{width}}  {b:>10}" for a, b in rows]
-    lines.append("")
-    lines += [f"  parity {name:<20} {value:.2e}" for name, value in report.parity.items()]
-    return "\n".join(lines)
+def format_summary(report) -> str:
+    """The summary table: one row per graph, then the other files and the total."""
+    header = ("graph", "file", "weights", "nodes", "ORT nodes", "parity")
+    rows = [(g.file, _size(g.file_bytes), _size(g.weight_bytes), str(g.nodes), str(g.ort_nodes),
+             f"{g.parity:.1e}") for g in report.graphs]
+    graph_files = {g.file for g in report.graphs}
+    rows += [(name, _size(n), "", "", "", "") for name, n in report.sizes.items()
+             if name not in graph_files]
+    rows.append(("total", _size(report.total_bytes), "", "", "", ""))
+    widths = [max(len(r[i]) for r in [header] + rows) for i in range(len(header))]
+
+    def line(row) -> str:
+        return "  ".join([row[0].ljust(widths[0])] +
+                         [cell.rjust(w) for cell, w in zip(row[1:], widths[1:])]).rstrip()
+    out = [line(header), line(["-" * w for w in widths])] + [line(r) for r in rows]
+    out.append("")
+    out.append("parity (max abs logit diff; uncertainty: relative): " + ", ".join(
+        f"{name} {value:.1e}" for name, value in report.parity.items()))
+    return "\n".join(out)
 
 
 def _size(n: int) -> str:
-    return f"{n / 1e6:.2f} MB" if n >= 100_000 else f"{n / 1e3:.1f} kB"
+    if n >= 1_000_000:
+        return f"{n / 1e6:.2f} MB"
+    return f"{n / 1e3:.1f} kB"
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(message)s")
-    out = Path(args.output) if args.output else Path("artifacts") / Path(args.checkpoint).stem
+    logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    out = Path(args.output) if args.output else DEFAULT_ROOT / Path(args.checkpoint).stem
     try:
         from ..errors import LanternError
         from .api import ParityError, export_checkpoint
     except ModuleNotFoundError as e:
-        print(f"lantern-export: needs {e.name}: pip install torch==2.13.0 \"lantern-edge[export]\"",
-              file=sys.stderr)
+        print(f"lantern-export: needs {e.name}: pip install torch==2.13.0 "
+              f"\"lantern-edge[export]\"", file=sys.stderr)
         return 2
     quantize = None
     if args.int8:
-        try:
-            from ..quantization.api import quantize_artifacts as quantize
+        try:   # the quantization step (issue 5) provides this function
+            from ..quantization import quantize_artifacts as quantize
         except ImportError:
             print("lantern-export: --int8 is not available yet: the quantization step "
-                  "(lantern_edge.quantization) is not part of this version", file=sys.stderr)
+                  "(lantern_edge.quantization) is not part of this version; export without "
+                  "--int8", file=sys.stderr)
             return 2
     try:
         report = export_checkpoint(args.checkpoint, out, opset=args.opset, force=args.force,
                                    vocab=args.vocab, progress=lambda m: print(f"  {m}", flush=True))
     except ParityError as e:
+        if args.debug:
+            traceback.print_exc()
         print(f"lantern-export: {e}", file=sys.stderr)
         return 1
     except (LanternError, OSError) as e:
@@ -70,8 +97,8 @@ def main(argv: list[str] | None = None) -> int:
             traceback.print_exc()
         print(f"lantern-export: {e}", file=sys.stderr)
         return 2
-    print(f"exported {report.checkpoint_kind} checkpoint to {report.out_dir} "
-          f"in {report.seconds:.1f} s\n{_table(report)}")
+    print(f"exported {report.checkpoint_kind} checkpoint {args.checkpoint} to {report.out_dir} "
+          f"(opset {report.opset}) in {report.seconds:.1f} s\n\n{format_summary(report)}")
     if quantize is not None:
         return quantize(report.out_dir, progress=lambda m: print(f"  {m}", flush=True))
     return 0

@@ -1,157 +1,277 @@
-"""The torch modules that become ONNX graphs (docs/ARTIFACTS.md), built from a LanternModel.
+"""The ONNX graphs of an artifacts directory (docs/ARTIFACTS.md), built from a LanternModel.
 
-The block step is a trimmed re-statement of `Block.project` + `Block.finish` with fused weights,
-because every node costs ~0.5 us per call at decode (PERF_NOTES.md):
-- one QKV projection producing q, rot(q), k, rot(k), v: RoPE's signed permutation is folded into
-  extra weight rows, so RoPE is two Muls and an Add; 1/sqrt(head_dim) is folded into q;
-- one gate/up projection; RoPE tables are in-graph constants gathered by `positions`;
-- attention over the stored context and the new tokens as two score blocks, so the shared
-  [H, K, D] context is never copied per sample.
-Tests hold every graph to the reference model (tests/test_export.py).
+Each graph restates the reference computation (lantern_edge.model.modeling) with its weights
+rearranged for few nodes per call (PERF_NOTES.md); tests hold every graph to the reference.
+- Block step: one QKV MatMul produces q, k, rot(q), rot(k), v: RoPE's signed permutation is
+  folded into extra weight rows (rot(W x + b) = (P*sign)(W x + b)), so RoPE is two Muls and an
+  Add on rows of in-graph cos/sin tables gathered by `positions`; 1/sqrt(head_dim) is folded into
+  the q rows; gate and up are one MatMul. Attention runs over the stored context and the new
+  tokens as two score blocks, so the shared [H, K, D] context is never copied per call or per
+  sample; the caller supplies the additive mask `attn_bias`.
+- Weights are named initializers (`block0.qkv_weight`, `token_embedding`, ...): the same tensor
+  has the same name and bytes in every graph, and the writer stores it once (onnx_export.py).
 """
 
 from __future__ import annotations
 
 import math
 
+import numpy as np
+import onnx
 import torch
-import torch.nn.functional as F
-from torch import nn
 
 from ..model.modeling import LanternModel
-from ..model.uncertainty import UncertaintyHead
+from .builder import INT64_MAX, GraphBuilder
+
+F32 = np.float32
 
 
-def _frozen(t: torch.Tensor) -> nn.Parameter:
-    return nn.Parameter(t.detach().clone().contiguous(), requires_grad=False)
+def _np(t: torch.Tensor) -> np.ndarray:
+    return t.detach().cpu().to(torch.float32).numpy()
 
 
-class EmbedGraph(nn.Module):
-    def __init__(self, model: LanternModel):
-        super().__init__()
-        self.token_embedding = _frozen(model.token_embedding.weight)
-        self.position_embedding = _frozen(model.position_embedding.weight)
+def block_weights(model: LanternModel, b: int) -> dict[str, np.ndarray]:
+    """Fused, pre-transposed weights of block b (MatMul reads [in, out] directly)."""
+    cfg = model.config
+    block = model.blocks[b]
+    attn = block.attention
+    d = cfg.head_dim
+    scale = 1.0 / math.sqrt(d)
+    wq, bq = attn.q_proj.weight * scale, attn.q_proj.bias * scale
+    # rows (outputs) grouped per head: [q, k, v], each C = H*D wide
+    weight = torch.cat([wq, attn.k_proj.weight, attn.v_proj.weight])
+    bias = torch.cat([bq, attn.k_proj.bias, attn.v_proj.bias])
+    w = {
+        "attn_norm.weight": block.attn_norm.weight, "attn_norm.bias": block.attn_norm.bias,
+        "qkv_weight": weight.T, "qkv_bias": bias,
+        "out_weight": attn.out_proj.weight.T, "out_bias": attn.out_proj.bias,
+        "mlp_norm.weight": block.mlp_norm.weight, "mlp_norm.bias": block.mlp_norm.bias,
+        "gate_up_weight": torch.cat([block.gate_proj.weight, block.up_proj.weight]).T,
+        "down_weight": block.down_proj.weight.T,
+    }
+    if block.halting is not None:
+        w["halt_weight"] = block.halting.weight[0]             # (C,): MatMul drops the axis
+        w["halt_bias"] = block.halting.bias
+    return {k: _np(v) for k, v in w.items()}
 
-    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        x = self.token_embedding[input_ids] + self.position_embedding[positions]
-        return x.unsqueeze(0)
+
+def rope_matrix(model: LanternModel) -> np.ndarray:
+    """(D, D) signed permutation R with x @ R = rot(x) = x[perm] * sign (modeling.rope_rotation)."""
+    d = model.config.head_dim
+    matrix = np.zeros((d, d), np.float32)
+    matrix[model.rope_perm.numpy(), np.arange(d)] = model.rope_sign.numpy()
+    return matrix
 
 
-class BlockStepGraph(nn.Module):
-    """One iteration of block `index` for T new tokens over the stored context (contract I/O).
+def _block_body(g: GraphBuilder, model: LanternModel, b: int, x: str, cos: str, sin: str,
+                bias: str, past: tuple[str, str] | None = None, masks: dict | None = None,
+                halting: bool = False, names: dict | None = None) -> dict[str, str]:
+    """Emit one iteration of block b on hidden x (S, T, C); returns the value names produced.
 
-    With `mc=True` it also takes the three dropout keep masks (the MC-dropout step graph).
+    past: (past_key, past_value) [H, K, D] stored context (the step graph) or None (the full
+    forward: attention over the T tokens only). bias broadcasts to (S, H, T, K + T).
+    masks: the three MC-dropout keep masks. names: graph-output names for hidden/key/value/halt.
     """
+    cfg = model.config
+    c, h, d, inner = cfg.hidden_size, cfg.num_heads, cfg.head_dim, cfg.intermediate_size
+    names = names or {}
+    w = {k: g.weight(f"block{b}.{k}", v) for k, v in block_weights(model, b).items()
+         if halting or not k.startswith("halt_")}
 
-    def __init__(self, model: LanternModel, index: int, mc: bool = False):
-        super().__init__()
-        cfg = model.config
-        block = model.blocks[index]
-        attn = block.attention
-        self.num_heads, self.head_dim, self.hidden = cfg.num_heads, cfg.head_dim, cfg.hidden_size
-        self.mc = mc
-        self.has_halting = block.halting is not None and not mc
-        scale = 1.0 / math.sqrt(cfg.head_dim)
-        # rot(x) = x[perm] * sign within each head, so rot(W x + b) = (W' x + b') with rows permuted
-        head_perm = model.rope_perm
-        perm = torch.cat([h * cfg.head_dim + head_perm for h in range(cfg.num_heads)])
-        sign = model.rope_sign.repeat(cfg.num_heads)[:, None]
-        wq, bq = attn.q_proj.weight * scale, attn.q_proj.bias * scale
-        wk, bk = attn.k_proj.weight, attn.k_proj.bias
-        weight = torch.cat([wq, wq[perm] * sign, wk, wk[perm] * sign, attn.v_proj.weight])
-        bias = torch.cat([bq, bq[perm] * sign[:, 0], bk, bk[perm] * sign[:, 0], attn.v_proj.bias])
-        self.qkv_weight = _frozen(weight.T)                       # (C, 5C): MatMul, no Transpose
-        self.qkv_bias = _frozen(bias)
-        self.out_weight = _frozen(attn.out_proj.weight.T)
-        self.out_bias = _frozen(attn.out_proj.bias)
-        self.gate_up_weight = _frozen(torch.cat([block.gate_proj.weight, block.up_proj.weight]).T)
-        self.down_weight = _frozen(block.down_proj.weight.T)
-        self.attn_norm_w, self.attn_norm_b = _frozen(block.attn_norm.weight), _frozen(block.attn_norm.bias)
-        self.mlp_norm_w, self.mlp_norm_b = _frozen(block.mlp_norm.weight), _frozen(block.mlp_norm.bias)
-        self.eps = cfg.norm_eps
-        self.inner = cfg.intermediate_size
-        if self.has_halting:
-            self.halt_weight = _frozen(block.halting.weight.T)    # (C, 1)
-            self.halt_bias = _frozen(block.halting.bias)
-        self.rope_cos = _frozen(model.rope_cos)
-        self.rope_sin = _frozen(model.rope_sin)
+    # 1. q, k (RoPE applied), v: one projection; RoPE in (S, T, heads, D), one Transpose after
+    hn = g.layer_norm(x, w["attn_norm.weight"], w["attn_norm.bias"], cfg.norm_eps)
+    qkv = g.op("Add", g.op("MatMul", hn, w["qkv_weight"]), w["qkv_bias"])     # (S, T, 5C)
+    qkv = g.op("Reshape", qkv, g.const([0, 0, 3 * h, d]))                      # (S, T, 3H, D)
+    qk, v = g.split(qkv, [2 * h, h], axis=2)
+    qk_rot = g.op("MatMul", qk, g.weight("rope_rotation", rope_matrix(model)))
+    qk = g.op("Add", g.op("Mul", qk, cos), g.op("Mul", qk_rot, sin))          # cos: (T, 1, D)
+    qk = g.op("Transpose", qk, perm=[0, 2, 1, 3])                              # (S, 2H, T, D)
+    q, k = g.split(qk, [h, h], axis=1, names=[f"q_{g._counter}", names.get("key", f"k_{g._counter}")])
+    v = g.op("Transpose", v, perm=[0, 2, 1, 3],
+             outputs=[names.get("value", f"v_{g._counter}")])[0]              # (S, H, T, D)
 
-    def _heads(self, x: torch.Tensor) -> torch.Tensor:            # (S, T, C) -> (S, H, T, D)
-        s, t, _ = x.shape
-        return x.reshape(s, t, self.num_heads, self.head_dim).transpose(1, 2)
+    # 2. attention (scores already scaled: 1/sqrt(D) lives in the q rows)
+    new_scores = g.op("MatMul", q, g.op("Transpose", k, perm=[0, 1, 3, 2]))     # (S, H, T, T)
+    if past is not None:
+        past_key, past_value = past
+        stored = cfg.window_size + cfg.max_global_tokens
+        old_scores = g.op("MatMul", q, g.op("Transpose", past_key, perm=[0, 2, 1]))
+        scores = g.op("Concat", old_scores, new_scores, axis=-1)              # (S, H, T, K + T)
+    else:
+        scores = new_scores
+    probs = g.op("Softmax", g.op("Add", scores, bias), axis=-1)
+    if masks:
+        probs = g.op("Mul", probs, masks["attn_probs"])
+    if past is not None:
+        old = g.op("Slice", probs, g.const([0]), g.const([stored]), g.const([-1]))
+        new = g.op("Slice", probs, g.const([stored]), g.const([INT64_MAX]), g.const([-1]))
+        out = g.op("Add", g.op("MatMul", old, past_value), g.op("MatMul", new, v))
+    else:
+        out = g.op("MatMul", probs, v)                                         # (S, H, T, D)
+    out = g.op("Reshape", g.op("Transpose", out, perm=[0, 2, 1, 3]), g.const([0, 0, c]))
+    out = g.op("Add", g.op("MatMul", out, w["out_weight"]), w["out_bias"])
+    if masks:
+        out = g.op("Mul", out, masks["attn_out"])
+    x = g.op("Add", x, out)
 
-    def forward(self, hidden, positions, past_key, past_value, attn_bias,
-                mask_attn_probs=None, mask_attn_out=None, mask_mlp_out=None):
-        c = self.hidden
-        h = F.layer_norm(hidden, (c,), self.attn_norm_w, self.attn_norm_b, self.eps)
-        qkv = h @ self.qkv_weight + self.qkv_bias                  # (S, T, 5C)
-        q, q_rot, k, k_rot, v = qkv.split(c, dim=-1)
-        cos, sin = self.rope_cos[positions], self.rope_sin[positions]   # (T, D)
-        q = self._heads(q) * cos + self._heads(q_rot) * sin
-        k = self._heads(k) * cos + self._heads(k_rot) * sin
-        v = self._heads(v)
-        scores = torch.cat([q @ past_key.transpose(-1, -2), q @ k.transpose(-1, -2)], dim=-1)
-        probs = torch.softmax(scores + attn_bias, dim=-1)          # (S, H, T, K + T)
-        if self.mc:
-            probs = probs * mask_attn_probs
-        stored = past_key.shape[1]
-        out = probs[..., :stored] @ past_value + probs[..., stored:] @ v
-        s, _, t, _ = out.shape
-        out = out.transpose(1, 2).reshape(s, t, c) @ self.out_weight + self.out_bias
-        if self.mc:
-            out = out * mask_attn_out
-        x = hidden + out
-        h = F.layer_norm(x, (c,), self.mlp_norm_w, self.mlp_norm_b, self.eps)
-        gate, up = (h @ self.gate_up_weight).split(self.inner, dim=-1)
-        mlp = (F.silu(gate) * up) @ self.down_weight
-        if self.mc:
-            return (x + mlp * mask_mlp_out,)
-        x = x + mlp
-        if self.has_halting:
-            halt = torch.sigmoid(x @ self.halt_weight + self.halt_bias).squeeze(-1)
-            return x, k, v, halt
-        return x, k, v
+    # 3. SwiGLU MLP
+    hn = g.layer_norm(x, w["mlp_norm.weight"], w["mlp_norm.bias"], cfg.norm_eps)
+    gate, up = g.split(g.op("MatMul", hn, w["gate_up_weight"]), [inner, inner], axis=-1)
+    act = g.op("Mul", g.op("Mul", gate, g.op("Sigmoid", gate)), up)
+    mlp = g.op("MatMul", act, w["down_weight"])
+    if masks:
+        mlp = g.op("Mul", mlp, masks["mlp_out"])
+    x = g.op("Add", x, mlp, outputs=[names["hidden"]] if "hidden" in names else 1)
+    x = x[0] if isinstance(x, list) else x
+    result = {"hidden": x, "key": k, "value": v}
+    if halting:
+        logit = g.op("Add", g.op("MatMul", x, w["halt_weight"]), w["halt_bias"])
+        result["halt"] = g.op("Sigmoid", logit, outputs=[names.get("halt", f"halt_{g._counter}")])[0]
+    return result
 
 
-class LMHeadGraph(nn.Module):
-    def __init__(self, model: LanternModel):
-        super().__init__()
-        self.norm_w, self.norm_b = _frozen(model.final_norm.weight), _frozen(model.final_norm.bias)
-        self.eps = model.config.final_norm_eps
-        self.embedding = _frozen(model.token_embedding.weight)   # (V, C), stored as in embed
-
-    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        h = F.layer_norm(hidden, (hidden.shape[-1],), self.norm_w, self.norm_b, self.eps)
-        return F.linear(h, self.embedding)
+def _rope_rows(g: GraphBuilder, model: LanternModel, positions: str) -> tuple[str, str]:
+    # tables stored (max_position, 1, D): the gathered rows broadcast over the heads axis
+    cos = g.op("Gather", g.weight("rope_cos", _np(model.rope_cos)[:, None]), positions, axis=0)
+    sin = g.op("Gather", g.weight("rope_sin", _np(model.rope_sin)[:, None]), positions, axis=0)
+    return cos, sin                                                              # (T, 1, D)
 
 
-class UncertaintyGraph(nn.Module):
-    def __init__(self, model: LanternModel, top_k: int):
-        super().__init__()
-        self.head = UncertaintyHead(model.token_embedding.weight, top_k)
+def block_step_graph(model: LanternModel, b: int, opset: int, mc: bool = False) -> onnx.ModelProto:
+    """block{b}.onnx, or (mc=True, last block) mc_step.onnx; I/O as in docs/ARTIFACTS.md."""
+    cfg = model.config
+    c, h, d = cfg.hidden_size, cfg.num_heads, cfg.head_dim
+    stored = cfg.window_size + cfg.max_global_tokens
+    g = GraphBuilder("mc_step" if mc else f"block{b}", opset)
+    hidden = g.input("hidden", "float32", [1 if mc else "samples", "tokens", c])
+    positions = g.input("positions", "int64", ["tokens"])
+    past = (g.input("past_key", "float32", [h, stored, d]),
+            g.input("past_value", "float32", [h, stored, d]))
+    bias = g.input("attn_bias", "float32", ["tokens", "stored_plus_tokens"])
+    masks = None
+    if mc:
+        masks = {"attn_probs": g.input("mask_attn_probs", "float32",
+                                       ["samples", h, "tokens", "stored_plus_tokens"]),
+                 "attn_out": g.input("mask_attn_out", "float32", ["samples", "tokens", c]),
+                 "mlp_out": g.input("mask_mlp_out", "float32", ["samples", "tokens", c])}
+    halting = cfg.use_halting and not mc
+    cos, sin = _rope_rows(g, model, positions)
+    names = {"hidden": "hidden_out"} if mc else \
+        {"hidden": "hidden_out", "key": "key", "value": "value", "halt": "halt"}
+    _block_body(g, model, b, hidden, cos, sin, bias, past, masks, halting, names)
+    g.output("hidden_out", "float32", ["samples", "tokens", c])
+    if not mc:
+        g.output("key", "float32", ["samples", h, "tokens", d])
+        g.output("value", "float32", ["samples", h, "tokens", d])
+        if halting:
+            g.output("halt", "float32", ["samples", "tokens"])
+    doc = ("MC-dropout step: the last block's iteration with scaled keep masks as inputs"
+           if mc else f"one recursion iteration of block {b} over the stored KV context")
+    return g.model(doc)
 
-    def forward(self, logits: torch.Tensor, weights: torch.Tensor):
-        return self.head(logits, weights)
+
+def embed_graph(model: LanternModel, opset: int) -> onnx.ModelProto:
+    cfg = model.config
+    g = GraphBuilder("embed", opset)
+    ids = g.input("input_ids", "int64", ["tokens"])
+    positions = g.input("positions", "int64", ["tokens"])
+    x = _embed(g, model, ids, positions)
+    g.op("Unsqueeze", x, g.const([0]), outputs=["hidden"])
+    g.output("hidden", "float32", [1, "tokens", cfg.hidden_size])
+    return g.model("token + position embedding")
 
 
-class FullForwardGraph(nn.Module):
-    """model.onnx: input_ids (B, T) -> logits (B, T, V) at steps_base, from position 0."""
+def _embed(g: GraphBuilder, model: LanternModel, ids: str, positions: str) -> str:
+    tokens = g.op("Gather", g.weight("token_embedding", _np(model.token_embedding.weight)), ids)
+    where = g.op("Gather", g.weight("position_embedding", _np(model.position_embedding.weight)),
+                 positions)
+    return g.op("Add", tokens, where)
 
-    def __init__(self, model: LanternModel):
-        super().__init__()
-        self.model = model
 
-    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
-        model, cfg = self.model, self.model.config
-        length = input_ids.shape[1]
-        positions = torch.arange(length, device=input_ids.device)
-        x = model.embed(input_ids, positions[None])
-        cos, sin = model.rope(positions)
-        glob = model.is_global(input_ids, positions[None])                    # (B, T)
-        delta = positions[:, None] - positions[None, :]
-        visible = (delta >= 0) & ((delta < cfg.window_size) | glob[:, None, None, :])
-        for b, block in enumerate(model.blocks):
-            for i in range(cfg.steps_base):
-                q, k, v = block.project(x, cos, sin, model.rope_perm, model.rope_sign)
-                x, _ = block.finish(x, q, k, v, visible, (b, i), 0.0, None)
-        return model.lm_head(x)[0]
+def _lm_head(g: GraphBuilder, model: LanternModel, x: str, output: str) -> None:
+    cfg = model.config
+    hn = g.layer_norm(x, g.weight("final_norm.weight", _np(model.final_norm.weight)),
+                      g.weight("final_norm.bias", _np(model.final_norm.bias)), cfg.final_norm_eps)
+    # The tied embedding is stored once, [V, C], as in embed.onnx; ORT folds this Transpose
+    # into a [C, V] copy at session creation.
+    table = g.op("Transpose", g.weight("token_embedding", _np(model.token_embedding.weight)),
+                 perm=[1, 0])
+    g.op("MatMul", hn, table, outputs=[output])
+
+
+def lm_head_graph(model: LanternModel, opset: int) -> onnx.ModelProto:
+    cfg = model.config
+    g = GraphBuilder("lm_head", opset)
+    hidden = g.input("hidden", "float32", ["samples", "tokens", cfg.hidden_size])
+    _lm_head(g, model, hidden, "logits")
+    g.output("logits", "float32", ["samples", "tokens", cfg.vocab_size])
+    return g.model("final LayerNorm + tied projection")
+
+
+def full_forward_graph(model: LanternModel, opset: int) -> onnx.ModelProto:
+    """model.onnx: input_ids (B, T) -> logits (B, T, V) at steps_base from position 0."""
+    cfg = model.config
+    g = GraphBuilder("lantern", opset)
+    ids = g.input("input_ids", "int64", ["batch", "tokens"])
+    length = g.op("Squeeze", g.op("Shape", ids, start=1, end=2), g.const([0]))
+    positions = g.op("Range", g.const(0), length, g.const(1))                   # (T,)
+    x = _embed(g, model, ids, positions)                                         # (B, T, C)
+    cos, sin = _rope_rows(g, model, positions)
+    # visibility (modeling.visibility): j <= i and (i - j < W or j global), per batch row
+    glob = g.op("Equal", positions, g.const(0))
+    if cfg.think_token_id is not None:
+        glob = g.op("Or", glob, g.op("Equal", ids, g.const(cfg.think_token_id)))
+    glob = g.op("Unsqueeze", glob, g.const([-2, -3]))                           # (B|1, 1, 1, T)
+    delta = g.op("Sub", g.op("Unsqueeze", positions, g.const([1])),
+                 g.op("Unsqueeze", positions, g.const([0])))                     # (T, T)
+    near = g.op("Less", delta, g.const(cfg.window_size))
+    visible = g.op("And", g.op("GreaterOrEqual", delta, g.const(0)), g.op("Or", near, glob))
+    bias = g.op("Where", visible, g.const(0.0, F32), g.const(-np.inf, F32))     # (B, 1, T, T)
+    for b in range(cfg.num_blocks):
+        for _ in range(cfg.steps_base):
+            x = _block_body(g, model, b, x, cos, sin, bias)["hidden"]
+    _lm_head(g, model, x, "logits")
+    g.output("logits", "float32", ["batch", "tokens", cfg.vocab_size])
+    return g.model(f"LANTERN forward at steps_base={cfg.steps_base}: input_ids -> logits")
+
+
+def uncertainty_graph(embedding: torch.Tensor, top_k: int, opset: int) -> onnx.ModelProto:
+    """uncertainty.onnx: logits [N, V], weights [3] = (a, b, c) -> entropy, p_max, dispersion,
+    score [N] (lantern_edge.model.uncertainty; exact formulas in docs/ARTIFACTS.md).
+
+    Safe for huge, all-equal and -inf logits: logits are clipped to +-1e38 (so +-inf become
+    finite and every shifted logit z = l - max stays >= -2e38, never -inf), and e^z * z is then
+    0 * finite for the underflowed entries instead of 0 * -inf = NaN.
+    """
+    vocab, hidden = embedding.shape
+    if not 1 <= top_k <= vocab:
+        raise ValueError(f"top_k_dispersion must be in [1, vocab_size={vocab}], got {top_k}")
+    g = GraphBuilder("uncertainty", opset)
+    logits = g.input("logits", "float32", ["rows", vocab])
+    weights = g.input("weights", "float32", [3])
+    big = 1e38
+    logits = g.op("Clip", logits, g.const(-big, F32), g.const(big, F32))
+    top = g.reduce("ReduceMax", logits, [-1], keepdims=True)                      # (N, 1)
+    z = g.op("Sub", logits, top)                                                   # <= 0
+    e = g.op("Exp", z)
+    total = g.reduce("ReduceSum", e, [-1], keepdims=False)                        # (N,) >= 1
+    ez = g.reduce("ReduceSum", g.op("Mul", e, z), [-1], keepdims=False)
+    # entropy = -sum p log p with p = e / total, log p = z - log(total)
+    entropy = g.op("Sub", g.op("Log", total), g.op("Div", ez, total), outputs=["entropy"])[0]
+    p_max = g.op("Reciprocal", total, outputs=["p_max"])[0]
+    # dispersion: sum_i w_i ||e_i - mu||^2 over the top k, w renormalised over the top k
+    top_values, top_ids = g.op("TopK", logits, g.const([top_k]), outputs=2, axis=-1)
+    w = g.op("Exp", g.op("Sub", top_values, top))
+    w = g.op("Div", w, g.reduce("ReduceSum", w, [-1], keepdims=True))           # (N, k)
+    emb = g.op("Gather", g.weight("token_embedding", _np(embedding)), top_ids)  # (N, k, C)
+    mean = g.op("MatMul", g.op("Unsqueeze", w, g.const([1])), emb)              # (N, 1, C)
+    spread = g.reduce("ReduceSumSquare", g.op("Sub", emb, mean), [-1], keepdims=False)
+    dispersion = g.reduce("ReduceSum", g.op("Mul", w, spread), [-1], keepdims=False,
+                          output="dispersion")
+    a, b, c = g.split(weights, [1, 1, 1], axis=0)
+    score = g.op("Add", g.op("Mul", a, entropy), g.op("Mul", b, dispersion))
+    g.op("Sub", score, g.op("Mul", c, p_max), outputs=["score"])
+    for name in ("entropy", "p_max", "dispersion", "score"):
+        g.output(name, "float32", ["rows"])
+    return g.model(f"entropy (nats), p_max, top-{top_k} embedding dispersion, "
+                   f"score = a*entropy + b*dispersion - c*p_max")

@@ -1,21 +1,36 @@
-"""Write lantern.json (docs/ARTIFACTS.md) and keep its file hashes current."""
+"""lantern.json (docs/ARTIFACTS.md): build it, keep its file hashes current, write it.
+
+Reused by the quantization step, which adds a "graphs"/"int8" section and files and then calls
+`write_manifest` again so every file's sha256 is recomputed.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
 
 from ..model.checkpoint import Checkpoint
-from ..runtime.artifacts import MANIFEST, sha256_of
 from ..version import MANIFEST_FORMAT_VERSION, __version__
 from .onnx_export import WEIGHTS_FILE, GraphFile
 
+MANIFEST_FILE = "lantern.json"
 TOKENIZER_FILE = "tokenizer.json"
+METADATA_KEY = "lantern_manifest"          # model.onnx metadata_props key
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def graph_section(files: list[GraphFile], external_data: list[str]) -> dict[str, Any]:
-    """One precision's entry under "graphs": roles -> {file, inputs, outputs}."""
+    """One precision's entry under "graphs": role -> {file, inputs, outputs}; "blocks" is a list
+    in block order; "external_data" lists the weight files these graphs read."""
     section: dict[str, Any] = {"blocks": [], "external_data": external_data}
     for f in files:
         entry = {"file": f.file, "inputs": f.inputs, "outputs": f.outputs}
@@ -45,12 +60,24 @@ def build_manifest(checkpoint: Checkpoint, checkpoint_sha256: str, files: list[G
     }
 
 
-def write_manifest(out_dir: Path, manifest: dict[str, Any]) -> None:
-    """Hash every file in out_dir (recursively, except the manifest) and write lantern.json."""
+def metadata_json(manifest: dict[str, Any]) -> str:
+    """The manifest for model.onnx metadata_props: without "files" (a file cannot hash itself)."""
+    return json.dumps({k: v for k, v in manifest.items() if k != "files"})
+
+
+def write_manifest(out_dir: Path, manifest: dict[str, Any]) -> dict[str, Any]:
+    """Hash every file under out_dir (except lantern.json itself), store the hashes in
+    manifest["files"] and write lantern.json; returns the manifest."""
+    out_dir = Path(out_dir)
     manifest["files"] = {
         p.relative_to(out_dir).as_posix(): sha256_of(p)
-        for p in sorted(out_dir.rglob("*")) if p.is_file() and p.name != MANIFEST}
-    (out_dir / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
+        for p in sorted(out_dir.rglob("*")) if p.is_file() and p.name != MANIFEST_FILE}
+    (out_dir / MANIFEST_FILE).write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
+    return manifest
+
+
+def read_manifest(out_dir: Path) -> dict[str, Any]:
+    return json.loads((Path(out_dir) / MANIFEST_FILE).read_text(encoding="utf-8"))
 
 
 def _jsonable(value: Any) -> Any:

@@ -1,34 +1,27 @@
-"""torch -> ONNX for every graph of the artifacts directory, with weights stored once.
+"""Write the graphs of graphs.py to disk with their weights stored once, and check them.
 
-Uses the dynamo exporter at opset >= 18 (PERF_NOTES.md: at 17 it writes a Split ONNX Runtime
-refuses). Each graph is exported with its weights embedded, then `store_weights_once` moves
-every large initializer into one shared `weights.bin`, deduplicated by content, so the tied
-embedding and each block's weights are on disk once however many graphs use them.
+Every initializer of at least 1 KiB goes into one shared `weights.bin`, deduplicated by
+content, so the tied embedding and each block's weights are on disk once however many graphs
+use them (ONNX Runtime resolves external data relative to each model's path).
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import io
-import logging
-import warnings
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import onnx
-import torch
-from onnx import TensorProto, numpy_helper
+import onnxruntime as ort
+from onnx import TensorProto
 
 from ..model.modeling import LanternModel
-from .graphs import (BlockStepGraph, EmbedGraph, FullForwardGraph, LMHeadGraph,
-                     UncertaintyGraph)
-
-logger = logging.getLogger(__name__)
+from . import graphs
 
 WEIGHTS_FILE = "weights.bin"
 MIN_EXTERNAL_BYTES = 1024
-_ALIGN = 64
+_ALIGN = 64                   # offsets aligned for mmap-friendly reads
 
 
 @dataclass
@@ -37,79 +30,60 @@ class GraphFile:
     file: str
     inputs: list[dict]
     outputs: list[dict]
+    nodes: int                # nodes as exported
 
 
-def _dim(name: str):
-    return torch.export.Dim(name, min=1)
-
-
-def _export(module: torch.nn.Module, args: tuple, path: Path, input_names: list[str],
-            output_names: list[str], dynamic: dict, opset: int) -> None:
-    module.eval()
-    # The dynamo exporter narrates every stage on stdout/stderr and warns about optional
-    # packages (torchvision); our CLI prints its own progress instead.
-    sink = io.StringIO()
-    with warnings.catch_warnings(), contextlib.redirect_stdout(sink), \
-            contextlib.redirect_stderr(sink), torch.no_grad():
-        warnings.simplefilter("ignore")
-        logging.getLogger("torch").setLevel(logging.ERROR)
-        program = torch.onnx.export(
-            module, args, dynamo=True, opset_version=opset, input_names=input_names,
-            output_names=output_names, dynamic_shapes=dynamic, external_data=False,
-            verbose=False)
-        program.save(str(path), external_data=False)
-
-
-def export_graphs(model: LanternModel, top_k: int, out_dir: Path, opset: int,
-                  progress=lambda name: None) -> list[GraphFile]:
-    """Write every graph of docs/ARTIFACTS.md into out_dir; returns them in manifest order."""
+def build_graphs(model: LanternModel, top_k: int, opset: int) -> list[tuple[str, str, onnx.ModelProto]]:
+    """(role, file name, graph) for every graph of docs/ARTIFACTS.md, in manifest order."""
     cfg = model.config
-    c, h, d, v = cfg.hidden_size, cfg.num_heads, cfg.head_dim, cfg.vocab_size
-    stored = cfg.window_size + cfg.max_global_tokens
-    samples, tokens, keys, batch, rows = _dim("samples"), _dim("tokens"), _dim("keys_and_tokens"), \
-        _dim("batch"), _dim("rows")
-    files: list[GraphFile] = []
+    out = [("model", "model.onnx", graphs.full_forward_graph(model, opset)),
+           ("embed", "embed.onnx", graphs.embed_graph(model, opset))]
+    out += [("block", f"block{b}.onnx", graphs.block_step_graph(model, b, opset))
+            for b in range(cfg.num_blocks)]
+    out += [("mc_step", "mc_step.onnx",
+             graphs.block_step_graph(model, cfg.num_blocks - 1, opset, mc=True)),
+            ("lm_head", "lm_head.onnx", graphs.lm_head_graph(model, opset)),
+            ("uncertainty", "uncertainty.onnx",
+             graphs.uncertainty_graph(model.token_embedding.weight, min(top_k, cfg.vocab_size),
+                                      opset))]
+    return out
 
-    def run(role, name, module, args, ins, outs, dynamic):
-        progress(name)
-        _export(module, args, out_dir / name, ins, outs, dynamic, opset)
-        files.append(GraphFile(role, name, *_signature(out_dir / name)))
 
-    ids3 = torch.tensor([1, 2, 3]) % v
-    positions3 = torch.tensor([5, 6, 7])
-    run("model", "model.onnx", FullForwardGraph(model), (ids3[None].repeat(2, 1),),
-        ["input_ids"], ["logits"], {"input_ids": {0: batch, 1: tokens}})
-    run("embed", "embed.onnx", EmbedGraph(model), (ids3, positions3),
-        ["input_ids", "positions"], ["hidden"],
-        {"input_ids": {0: tokens}, "positions": {0: tokens}})
-    step_inputs = ["hidden", "positions", "past_key", "past_value", "attn_bias"]
-    step_args = (torch.randn(2, 3, c), positions3, torch.randn(h, stored, d),
-                 torch.randn(h, stored, d), torch.zeros(3, stored + 3))
-    step_dynamic = {"hidden": {0: samples, 1: tokens}, "positions": {0: tokens},
-                    "past_key": None, "past_value": None, "attn_bias": {0: tokens, 1: keys}}
-    for b in range(cfg.num_blocks):
-        outs = ["hidden_out", "key", "value"] + (["halt"] if cfg.use_halting else [])
-        run("block", f"block{b}.onnx", BlockStepGraph(model, b), step_args, step_inputs, outs,
-            step_dynamic)
-    masks = (torch.ones(2, h, 3, stored + 3), torch.ones(2, 3, c), torch.ones(2, 3, c))
-    run("mc_step", "mc_step.onnx", BlockStepGraph(model, cfg.num_blocks - 1, mc=True),
-        (torch.randn(1, 3, c), *step_args[1:], *masks),
-        step_inputs + ["mask_attn_probs", "mask_attn_out", "mask_mlp_out"], ["hidden_out"],
-        {**step_dynamic, "hidden": {1: tokens},
-         "mask_attn_probs": {0: samples, 2: tokens, 3: keys},
-         "mask_attn_out": {0: samples, 1: tokens}, "mask_mlp_out": {0: samples, 1: tokens}})
-    run("lm_head", "lm_head.onnx", LMHeadGraph(model), (torch.randn(2, 3, c),), ["hidden"],
-        ["logits"], {"hidden": {0: samples, 1: tokens}})
-    k = min(top_k, v)
-    run("uncertainty", "uncertainty.onnx", UncertaintyGraph(model, k),
-        (torch.randn(2, v), torch.tensor([1.0, 0.5, 0.5])), ["logits", "weights"],
-        ["entropy", "p_max", "dispersion", "score"], {"logits": {0: rows}, "weights": None})
+def write_graphs(built: list[tuple[str, str, onnx.ModelProto]], out_dir: Path,
+                 progress=lambda name: None) -> list[GraphFile]:
+    """Save each graph into out_dir, its large initializers in the shared WEIGHTS_FILE."""
+    placed: dict[bytes, tuple[int, int]] = {}
+    files = []
+    with open(out_dir / WEIGHTS_FILE, "wb") as blob:
+        for role, name, model in built:
+            progress(name)
+            for tensor in model.graph.initializer:
+                _externalize(tensor, blob, placed)
+            onnx.save(model, str(out_dir / name))
+            files.append(GraphFile(role, name, *signature(model), len(model.graph.node)))
     return files
 
 
-def _signature(path: Path) -> tuple[list[dict], list[dict]]:
-    model = onnx.load(str(path), load_external_data=False)
+def _externalize(tensor: TensorProto, blob, placed: dict[bytes, tuple[int, int]]) -> None:
+    raw = tensor.raw_data
+    if len(raw) < MIN_EXTERNAL_BYTES:
+        return
+    key = hashlib.sha256(raw).digest()
+    if key not in placed:
+        blob.write(b"\0" * ((-blob.tell()) % _ALIGN))
+        placed[key] = (blob.tell(), len(raw))
+        blob.write(raw)
+    offset, length = placed[key]
+    tensor.ClearField("raw_data")
+    del tensor.external_data[:]
+    for k, v in (("location", WEIGHTS_FILE), ("offset", str(offset)), ("length", str(length))):
+        entry = tensor.external_data.add()
+        entry.key, entry.value = k, v
+    tensor.data_location = TensorProto.EXTERNAL
 
+
+def signature(model: onnx.ModelProto) -> tuple[list[dict], list[dict]]:
+    """Inputs and outputs as manifest entries: name, shape (ints and dim names), dtype."""
     def describe(values):
         out = []
         for value in values:
@@ -121,48 +95,35 @@ def _signature(path: Path) -> tuple[list[dict], list[dict]]:
     return describe(model.graph.input), describe(model.graph.output)
 
 
-def store_weights_once(out_dir: Path, files: list[str]) -> int:
-    """Move initializers >= 1 KiB of all files into one shared, deduplicated weights file.
-
-    Returns the size of the weights file in bytes.
-    """
-    placed: dict[bytes, tuple[int, int]] = {}
-    with open(out_dir / WEIGHTS_FILE, "wb") as blob:
-        for name in files:
-            model = onnx.load(str(out_dir / name))
-            for tensor in model.graph.initializer:
-                raw = numpy_helper.to_array(tensor).tobytes()
-                if len(raw) < MIN_EXTERNAL_BYTES:
-                    continue
-                key = hashlib.sha256(raw).digest()
-                if key not in placed:
-                    pad = (-blob.tell()) % _ALIGN
-                    blob.write(b"\0" * pad)
-                    placed[key] = (blob.tell(), len(raw))
-                    blob.write(raw)
-                offset, length = placed[key]
-                tensor.ClearField("raw_data")
-                for field in ("float_data", "int32_data", "int64_data", "double_data"):
-                    tensor.ClearField(field)
-                del tensor.external_data[:]
-                for k, v in (("location", WEIGHTS_FILE), ("offset", str(offset)),
-                             ("length", str(length))):
-                    entry = tensor.external_data.add()
-                    entry.key, entry.value = k, v
-                tensor.data_location = TensorProto.EXTERNAL
-            onnx.save(model, str(out_dir / name))
-        return blob.tell()
-
-
 def check_graphs(out_dir: Path, files: list[str]) -> None:
-    """onnx.checker full check (shape inference included) on every graph, from its path."""
+    """onnx.checker full check (strict shape inference included) on every graph, by path, so
+    external data is resolved as a consumer would."""
     for name in files:
         onnx.checker.check_model(str(out_dir / name), full_check=True)
 
 
 def set_metadata(path: Path, key: str, value: str) -> None:
+    """Set one metadata_props entry of the model at path (its external data untouched)."""
     model = onnx.load(str(path), load_external_data=False)
-    del model.metadata_props[:]
-    entry = model.metadata_props.add()
-    entry.key, entry.value = key, value
+    for entry in model.metadata_props:
+        if entry.key == key:
+            entry.value = value
+            break
+    else:
+        entry = model.metadata_props.add()
+        entry.key, entry.value = key, value
     onnx.save(model, str(path))
+
+
+def ort_node_count(path: Path, level: str = "all") -> int:
+    """Nodes left after ONNX Runtime's graph optimisations at `level` (basic/extended/all)."""
+    levels = {"basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+              "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+              "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL}
+    with tempfile.TemporaryDirectory() as tmp:
+        options = ort.SessionOptions()
+        options.graph_optimization_level = levels[level]
+        options.optimized_model_filepath = str(Path(tmp) / "optimized.onnx")
+        options.log_severity_level = 3
+        ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        return len(onnx.load(options.optimized_model_filepath, load_external_data=False).graph.node)
