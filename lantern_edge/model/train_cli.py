@@ -1,4 +1,8 @@
-"""`lantern-edge train`: corpus -> tokenizer -> LANTERN checkpoint."""
+"""`lantern-edge train`: corpus -> tokenizer -> LANTERN checkpoint (main(argv) -> exit code).
+
+Flags mirror TrainConfig fields; only the flags typed override the preset (or, with --resume,
+the run's own stored config). Bad values exit with code 2 and one line, no traceback.
+"""
 
 from __future__ import annotations
 
@@ -9,29 +13,74 @@ import sys
 
 from ..errors import LanternError
 
+PROG = "lantern-edge train"
+# Help for the TrainConfig fields that become flags (the rest is in training.TrainConfig).
+FIELD_HELP = {
+    "corpus_max_chars": "cap on characters per split (a deterministic sample of files)",
+    "val_fraction": "share of files held out for validation (split by file)",
+    "vocab_size": "byte-level BPE vocabulary size, special tokens included",
+    "max_global_tokens": "global KV slots: BOS + at most this - 1 THINK tokens per sample",
+    "steps_base": "iterations per block on the cheap path",
+    "steps_reasoning": "most iterations per block; depths 1..this are trained and evaluated",
+    "seq_len": "tokens per training sample, <bos> included",
+    "lr": "peak learning rate (AdamW, linear warm-up then cosine)",
+    "min_lr_ratio": "the cosine ends at lr * this",
+    "max_steps": "optimizer steps in the run (the cosine spans them)",
+    "max_minutes": "training-loop wall-time budget; the cosine follows it if it ends first",
+    "weight_decay": "AdamW weight decay on matrices and embeddings (not norms or biases)",
+    "grad_clip": "max global gradient norm",
+    "dtype": "fp32, or bf16 autocast (losses stay fp32)",
+    "device": "auto picks CUDA when torch sees a GPU",
+    "think_rate": "chance per position of a <think> token inserted before it",
+    "mixed_depth_fraction": "share of batches trained with a random depth per token",
+    "halting_weight": "weight of the halting-head loss",
+    "eval_interval": "steps between validation runs and checkpoints",
+    "eval_batches": "fixed validation batches per depth",
+    "threads": "torch CPU threads while training (default: torch's choice)",
+}
+CHOICES = {"dtype": ("fp32", "bf16"), "device": ("auto", "cpu", "cuda")}
 
-def _parser() -> argparse.ArgumentParser:
+
+class UsageError(Exception):
+    """A bad command line (raised instead of argparse's print-and-exit)."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):
+        raise UsageError(message)
+
+
+def build_parser() -> argparse.ArgumentParser:
     from .training import PRESETS, TrainConfig
-    p = argparse.ArgumentParser(
-        prog="lantern-edge train",
-        description="Train a byte-level BPE tokenizer and a LANTERN model (random depth, THINK "
-                    "insertion, halting objective); writes a lantern-edge checkpoint.",
-        argument_default=argparse.SUPPRESS)   # only flags the user typed override the preset
-    p.add_argument("--preset", choices=sorted(PRESETS), default="small")
-    p.add_argument("--corpus", nargs="+", help="a directory or text files (default: the Python stdlib)")
-    p.add_argument("-o", "--output", help="checkpoint path (default: checkpoint.pt)")
-    p.add_argument("--resume", help="continue from this checkpoint (written by lantern-edge train)")
+    parser = _Parser(
+        prog=PROG,
+        description="Train a byte-level BPE tokenizer and a LANTERN model (random recursion "
+                    "depth, THINK insertion, halting objective) and write a checkpoint.",
+        epilog="Example: lantern-edge train --preset tiny --max-minutes 1 -o tiny.pt",
+        argument_default=argparse.SUPPRESS)        # only typed flags override the preset
+    parser.add_argument("--preset", choices=sorted(PRESETS),
+                        help="starting configuration (default: small; with --resume, the run's own)")
+    parser.add_argument("--corpus", nargs="+", metavar="DIR|FILE",
+                        help="a directory or text files (default: the Python standard library)")
+    parser.add_argument("-o", "--output", metavar="CHECKPOINT",
+                        help="checkpoint path (default: checkpoint.pt)")
+    parser.add_argument("--resume", metavar="CHECKPOINT",
+                        help="continue a run from its checkpoint (optimizer, schedule, RNG)")
     for field in dataclasses.fields(TrainConfig):
         if field.name in ("output", "corpus"):
             continue
-        flag = "--" + field.name.replace("_", "-")
-        p.add_argument(flag, type=_arg_type(str(field.type)), dest=field.name)
-    p.add_argument("-q", "--quiet", action="store_true", default=False)
-    return p
+        kind = _arg_type(str(field.type))
+        parser.add_argument("--" + field.name.replace("_", "-"), dest=field.name, type=kind,
+                            choices=CHOICES.get(field.name),
+                            metavar=None if field.name in CHOICES else field.name.upper(),
+                            help=FIELD_HELP.get(field.name, field.name.replace("_", " ")))
+    parser.add_argument("-q", "--quiet", action="store_true",
+                        help="no progress bar; warnings only")
+    return parser
 
 
 def _arg_type(annotation: str):
-    """argparse type for a TrainConfig annotation ("int", "float | None", "bool", ...)."""
+    """The argparse type of a TrainConfig annotation ("int", "float | None", "bool", ...)."""
     for prefix, kind in (("bool", _bool), ("int", int), ("float", float)):
         if annotation.startswith(prefix):
             return kind
@@ -43,26 +92,46 @@ def _bool(text: str) -> bool:
         return True
     if text.lower() in ("0", "false", "no", "off"):
         return False
-    raise argparse.ArgumentTypeError(f"expected true/false, got {text!r}")
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .training import PRESETS, TrainConfig, train
-    args = vars(_parser().parse_args(argv))
-    preset = args.pop("preset", "small")
-    resume = args.pop("resume", None)
+    try:
+        parser = build_parser()
+        args = vars(parser.parse_args(sys.argv[1:] if argv is None else argv))
+    except UsageError as e:
+        print(f"{PROG}: {e} (see {PROG} --help)", file=sys.stderr)
+        return 2
+    except SystemExit as e:          # --help
+        return int(e.code or 0)
+    from .training import PRESETS, TrainConfig, resume_config, train
+
     quiet = args.pop("quiet", False)
+    preset, resume = args.pop("preset", None), args.pop("resume", None)
     if "corpus" in args:
         args["corpus"] = tuple(args["corpus"])
-    logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format="%(message)s")
+    logging.basicConfig(level=logging.WARNING if quiet else logging.INFO,
+                        format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     try:
-        cfg = TrainConfig(**{**PRESETS[preset], **args})
+        if resume and preset:
+            raise ValueError("--preset cannot be combined with --resume: a resumed run keeps "
+                             "its own config; override single fields instead")
+        cfg = resume_config(resume, **args) if resume else TrainConfig(
+            **{**PRESETS[preset or "small"], **args})
         meta = train(cfg, resume=resume, progress=not quiet)
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted; the checkpoint written so far can be continued with "
+              f"--resume", file=sys.stderr)
+        return 130
     except (ValueError, LanternError, OSError) as e:
-        print(f"lantern-edge train: {e}", file=sys.stderr)
+        print(f"{PROG}: {e}", file=sys.stderr)
         return 2
-    final = meta["eval_loss_per_depth"]
-    print(f"saved {cfg.output}: {meta['parameters']} parameters, {meta['steps']} steps, "
-          f"{meta['train_seconds']:.0f} s; validation loss per depth: "
-          + ", ".join(f"{d}: {v:.3f}" for d, v in final.items()))
+    losses = meta["eval_loss_per_depth"]
+    print(f"saved {cfg.output}: {meta['parameters']:,} parameters, {meta['steps']} steps, "
+          f"{meta['tokens_seen']:,} tokens, {meta['train_seconds']:.0f} s; validation loss per "
+          f"depth: " + ", ".join(f"{d}: {v:.3f}" for d, v in losses.items()))
     return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,4 +1,4 @@
-"""The trainer: corpus -> byte-level BPE tokenizer -> LANTERN checkpoint.
+"""The trainer: corpus -> byte-level BPE tokenizer -> LANTERN checkpoint (torch).
 
 Objectives, chosen so that every branch of the runtime's controller has something real to do:
 - language modelling at a random recursion depth per batch (uniform in 1..steps_reasoning),
@@ -8,18 +8,21 @@ Objectives, chosen so that every branch of the runtime's controller has somethin
   ignored and the THINK position predicts the next real token (the runtime injects THINK when
   it is very uncertain and reads the next token from it);
 - halting: on a uniform-depth batch at depth d >= 2, each block's halting head after iteration
-  d-1 learns whether one more iteration would leave the argmax unchanged (target from a no-grad
-  pass at depth d-1). The head reads a detached state, so it never disturbs the language model.
+  d-1 learns whether one more iteration leaves the argmax unchanged (target from no-grad,
+  eval-mode passes at depths d-1 and d). The head reads a detached state, so it never
+  disturbs the language model.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -32,15 +35,20 @@ from .modeling import LanternModel
 from .tokenizer import special_token_ids, train_bpe_tokenizer
 
 logger = logging.getLogger(__name__)
-IGNORE = -100
+IGNORE = -100                            # cross-entropy ignore_index
+MODEL_FIELDS = ("hidden_size", "num_heads", "intermediate_size", "num_blocks", "window_size",
+                "max_position", "max_global_tokens", "steps_base", "steps_reasoning", "dropout",
+                "use_halting")
 
 
 @dataclass(frozen=True)
 class TrainConfig:
+    # data
     output: str = "checkpoint.pt"
     corpus: tuple[str, ...] = ()          # empty: the Python standard library
-    corpus_max_chars: int | None = None   # cap per split, for quick runs
-    vocab_size: int = 4096
+    corpus_max_chars: int | None = None   # cap per split (a deterministic sample), for quick runs
+    val_fraction: float = 0.05            # share of FILES held out for validation
+    vocab_size: int = 4096                # byte-level BPE, special tokens included
     # model shape (ModelConfig fields)
     hidden_size: int = 256
     num_heads: int = 4
@@ -48,60 +56,73 @@ class TrainConfig:
     num_blocks: int = 2
     window_size: int = 128
     max_position: int = 1024
-    max_global_tokens: int = 16
+    max_global_tokens: int = 16           # BOS + at most max_global_tokens - 1 THINKs per sample
     steps_base: int = 2
-    steps_reasoning: int = 4
+    steps_reasoning: int = 4              # depths 1..steps_reasoning are trained and evaluated
     dropout: float = 0.1
     use_halting: bool = True
     # optimisation
-    seq_len: int = 256
+    seq_len: int = 256                    # tokens per sample, <bos> included
     batch_size: int = 16
-    lr: float = 3e-3
-    min_lr_ratio: float = 0.1
-    warmup_steps: int = 100
+    lr: float = 2e-3                      # peak AdamW learning rate
+    min_lr_ratio: float = 0.1             # the cosine ends at lr * min_lr_ratio
+    warmup_steps: int = 100               # linear warm-up from lr / warmup_steps
     max_steps: int = 2000
-    max_minutes: float | None = None      # stop (and save) when this wall time is spent
-    weight_decay: float = 0.1
-    grad_clip: float = 1.0
-    dtype: str = "fp32"                   # "fp32" or "bf16" (autocast)
+    max_minutes: float | None = None      # training-loop wall time budget (summed over resumes)
+    weight_decay: float = 0.1             # on weight matrices and embeddings, not norms/biases
+    grad_clip: float = 1.0                # max global gradient norm
+    dtype: str = "fp32"                   # "fp32" or "bf16" (autocast; losses in fp32)
     device: str = "auto"                  # "auto" (CUDA when present), "cpu", "cuda"
     # LANTERN objectives
-    think_rate: float = 0.03
-    mixed_depth_fraction: float = 0.25
-    halting_weight: float = 1.0
+    think_rate: float = 0.03              # chance per position of a <think> inserted before it
+    mixed_depth_fraction: float = 0.25    # batches with a random depth per token
+    halting_weight: float = 1.0           # weight of the halting BCE next to the LM loss
     # bookkeeping
-    eval_interval: int = 200
-    eval_batches: int = 8
+    eval_interval: int = 200              # steps between validation runs (and checkpoints)
+    eval_batches: int = 8                 # fixed validation batches per depth
     seed: int = 0
-    threads: int | None = None            # torch CPU threads (default: torch's)
+    threads: int | None = None            # torch CPU threads during training (None: torch's)
 
     def __post_init__(self) -> None:
-        def need(ok, name, allowed):
+        def need(ok: bool, name: str, allowed: str) -> None:
             if not ok:
                 raise ValueError(f"{name} must be {allowed}, got {getattr(self, name)!r}")
         need(self.dtype in ("fp32", "bf16"), "dtype", "'fp32' or 'bf16'")
         need(self.device in ("auto", "cpu", "cuda"), "device", "'auto', 'cpu' or 'cuda'")
-        need(2 <= self.seq_len < self.max_position, "seq_len", f"in [2, max_position={self.max_position})")
+        need(260 < self.vocab_size <= 65536, "vocab_size", "in (260, 65536] for byte-level BPE")
+        need(self.corpus_max_chars is None or self.corpus_max_chars >= 1, "corpus_max_chars",
+             "None or >= 1")
+        need(0 < self.val_fraction < 1, "val_fraction", "in (0, 1)")
         for name in ("batch_size", "max_steps", "eval_interval", "eval_batches"):
-            need(getattr(self, name) >= 1, name, ">= 1")
+            need(isinstance(getattr(self, name), int) and getattr(self, name) >= 1, name,
+                 "an int >= 1")
+        need(self.warmup_steps >= 0, "warmup_steps", ">= 0")
+        need(2 <= self.seq_len <= self.max_position, "seq_len",
+             f"in [2, max_position={self.max_position}]")
         need(self.lr > 0, "lr", "> 0")
+        need(0 <= self.min_lr_ratio <= 1, "min_lr_ratio", "in [0, 1]")
+        need(self.weight_decay >= 0, "weight_decay", ">= 0")
+        need(self.grad_clip > 0, "grad_clip", "> 0")
+        need(self.max_minutes is None or self.max_minutes > 0, "max_minutes", "None or > 0")
         need(0 <= self.think_rate < 0.5, "think_rate", "in [0, 0.5)")
         need(0 <= self.mixed_depth_fraction <= 1, "mixed_depth_fraction", "in [0, 1]")
-        need(self.max_minutes is None or self.max_minutes > 0, "max_minutes", "None or > 0")
+        need(self.halting_weight >= 0, "halting_weight", ">= 0")
+        need(self.threads is None or self.threads >= 1, "threads", "None or >= 1")
+        self.model_config({})                 # shape fields: ModelConfig names the bad one
 
     def model_config(self, special: dict[str, int | None]) -> ModelConfig:
-        fields = {f.name for f in dataclasses.fields(ModelConfig)}
-        shape = {k: v for k, v in dataclasses.asdict(self).items() if k in fields}
-        return ModelConfig(**shape, **special)
+        shape = {name: getattr(self, name) for name in MODEL_FIELDS}
+        return ModelConfig(vocab_size=self.vocab_size, **shape, **special)
 
 
-PRESETS = {
-    # <= 200k parameters, < 1 minute on 2 CPU cores: what the tests train
+PRESETS: dict[str, dict[str, Any]] = {
+    # ~130k parameters; ~20 s on one CPU core: what the tests train (tests/conftest.py)
     "tiny": dict(vocab_size=512, hidden_size=64, num_heads=4, intermediate_size=128,
                  num_blocks=2, window_size=16, max_position=256, max_global_tokens=8,
-                 seq_len=64, batch_size=16, lr=6e-3, warmup_steps=20, max_steps=500,
-                 eval_interval=250, eval_batches=4, corpus_max_chars=400_000, threads=2),
-    # the shipped default model
+                 seq_len=64, batch_size=16, lr=6e-3, warmup_steps=20, max_steps=400,
+                 eval_interval=200, eval_batches=4, corpus_max_chars=300_000, think_rate=0.05,
+                 threads=1),
+    # the shipped default model (~3.5M parameters)
     "small": dict(vocab_size=4096, hidden_size=256, num_heads=4, intermediate_size=768,
                   num_blocks=2, window_size=128, max_position=1024, max_global_tokens=16,
                   seq_len=256, batch_size=16, lr=2e-3, warmup_steps=200, max_steps=20000),
@@ -116,193 +137,349 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+# --- data ---------------------------------------------------------------------------------
+
 def tokenize(tokenizer, texts: list[str], eos: int) -> np.ndarray:
     """One id stream: each file's ids followed by <eos>."""
-    out = []
+    out: list[int] = []
     for encoding in tokenizer.encode_batch(texts, add_special_tokens=False):
         out.extend(encoding.ids)
         out.append(eos)
     return np.asarray(out, dtype=np.int64)
 
 
-def insert_think(row: np.ndarray, think: int, rate: float, rng: np.random.Generator) -> np.ndarray:
-    """Insert THINK before randomly chosen tokens (never at position 0), keeping the length."""
+def insert_think(row: np.ndarray, think: int, rate: float, rng: np.random.Generator,
+                 max_count: int | None = None) -> np.ndarray:
+    """Insert THINK before randomly chosen tokens (never before position 0), keeping the length.
+
+    max_count caps the THINKs per row (the runtime's global KV buffer is finite).
+    """
     length = len(row)
     chosen = np.flatnonzero(rng.random(length) < rate)
     chosen = chosen[chosen > 0]
+    if max_count is not None and len(chosen) > max_count:
+        chosen = np.sort(rng.choice(chosen, max_count, replace=False))
     if len(chosen) == 0:
         return row
     return np.insert(row, chosen, think)[:length]
 
 
 def make_batch(stream: np.ndarray, cfg: TrainConfig, model_cfg: ModelConfig,
-               rng: np.random.Generator, think: bool, starts: np.ndarray | None = None):
-    """(inputs, targets) LongTensors (B, seq_len): <bos> + a window of the stream, optional
-    THINK insertion; targets that would predict THINK are IGNORE."""
-    if starts is None:
-        starts = rng.integers(0, len(stream) - cfg.seq_len - 1, cfg.batch_size)
+               rng: np.random.Generator, think: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """(inputs, targets) LongTensors (B, seq_len): <bos> + a random window of the stream, with
+    THINK insertion when ``think``; targets that would predict THINK are IGNORE."""
+    starts = rng.integers(0, len(stream) - cfg.seq_len + 1, cfg.batch_size)
+    think_id = model_cfg.think_token_id
     rows = []
-    for s in starts:
-        row = np.concatenate([[model_cfg.bos_token_id], stream[s:s + cfg.seq_len]])
-        if think and model_cfg.think_token_id is not None and cfg.think_rate > 0:
-            row = insert_think(row, model_cfg.think_token_id, cfg.think_rate, rng)
+    for start in starts:
+        row = np.concatenate([[model_cfg.bos_token_id], stream[start:start + cfg.seq_len]])
+        if think and think_id is not None and cfg.think_rate > 0:
+            row = insert_think(row, think_id, cfg.think_rate, rng, model_cfg.max_global_tokens - 1)
         rows.append(row)
-    batch = torch.from_numpy(np.stack(rows))
+    batch = torch.from_numpy(np.stack(rows))                                # (B, seq_len + 1)
     inputs, targets = batch[:, :-1].clone(), batch[:, 1:].clone()
-    if model_cfg.think_token_id is not None:
-        targets[targets == model_cfg.think_token_id] = IGNORE
+    if think_id is not None:
+        targets[targets == think_id] = IGNORE
     return inputs, targets
 
 
+# --- objectives ---------------------------------------------------------------------------
+
+def sample_depth(cfg: TrainConfig, inputs: torch.Tensor, model_cfg: ModelConfig,
+                 rng: np.random.Generator) -> int | torch.Tensor:
+    """An int depth for the batch (uniform in 1..steps_reasoning), or on mixed batches a
+    LongTensor (num_blocks, B, T) of per-token depths where THINK tokens run steps_reasoning
+    iterations, as they do at runtime."""
+    top = model_cfg.steps_reasoning
+    if rng.random() >= cfg.mixed_depth_fraction:
+        return int(rng.integers(1, top + 1))
+    depth = torch.from_numpy(rng.integers(1, top + 1, size=(model_cfg.num_blocks, *inputs.shape)))
+    if model_cfg.think_token_id is not None:
+        depth = torch.where(inputs == model_cfg.think_token_id, top, depth)
+    return depth
+
+
 def halting_targets(logits_shallow: torch.Tensor, logits_deep: torch.Tensor) -> torch.Tensor:
-    """1 where one more iteration leaves the argmax unchanged ("halt now"), else 0."""
+    """1 where one more iteration leaves the argmax unchanged ("halt now"), else 0; (B, T)."""
     return (logits_shallow.argmax(-1) == logits_deep.argmax(-1)).float()
 
 
-def sample_depth(cfg: TrainConfig, shape: tuple[int, int], rng: np.random.Generator,
-                 num_blocks: int):
-    """An int depth for the batch, or per-token depths (num_blocks, B, T) on mixed batches."""
-    if rng.random() < cfg.mixed_depth_fraction:
-        depth = rng.integers(1, cfg.steps_reasoning + 1, size=(num_blocks, *shape))
-        return torch.from_numpy(depth)
-    return int(rng.integers(1, cfg.steps_reasoning + 1))
+def halting_bce(halting: torch.Tensor, depth: int, target: torch.Tensor,
+                valid: torch.Tensor) -> torch.Tensor:
+    """Mean BCE of every block's p_halt after iteration depth-1 (halting[:, depth-2]) against
+    target (B, T), over the valid positions. halting: (num_blocks, depth, B, T)."""
+    probs = halting[:, depth - 2].float().clamp(1e-6, 1 - 1e-6)             # (num_blocks, B, T)
+    bce = F.binary_cross_entropy(probs, target.expand_as(probs), reduction="none")
+    return bce[:, valid].mean()
 
 
-def learning_rate(cfg: TrainConfig, step: int) -> float:
+@dataclass
+class StepLosses:
+    lm: torch.Tensor                       # cross-entropy over non-ignored labels
+    halting: torch.Tensor                  # 0 when the batch trains no halting
+    halting_target: torch.Tensor | None    # (B, T), for inspection
+
+
+def compute_losses(model: LanternModel, inputs: torch.Tensor, targets: torch.Tensor,
+                   depth: int | torch.Tensor, autocast=None) -> StepLosses:
+    """The training losses of one batch at ``depth`` (forward under ``autocast``, losses fp32)."""
+    autocast = autocast or contextlib.nullcontext()
+    with autocast:
+        out = model(inputs, depth)
+    lm = F.cross_entropy(out.logits.flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE)
+    zero = torch.zeros((), device=inputs.device)
+    if out.halting is None or not isinstance(depth, int) or depth < 2:
+        return StepLosses(lm, zero, None)
+    # The target comes from no-grad passes in eval mode (dropout off, as at inference): with
+    # dropout on, noise alone flips the argmax between two passes and the head learns that.
+    was_training = model.training
+    model.eval()
+    with torch.no_grad(), autocast:
+        shallow = model(inputs, depth - 1).logits
+        deep = model(inputs, depth).logits
+    model.train(was_training)
+    target = halting_targets(shallow.float(), deep.float())
+    return StepLosses(lm, halting_bce(out.halting, depth, target, targets != IGNORE), target)
+
+
+def learning_rate(cfg: TrainConfig, step: int, progress: float) -> float:
+    """Linear warm-up over warmup_steps, then cosine from lr to lr * min_lr_ratio over
+    ``progress`` in [0, 1] (see schedule_progress)."""
     if step < cfg.warmup_steps:
         return cfg.lr * (step + 1) / cfg.warmup_steps
-    progress = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps))
-    cosine = 0.5 * (1 + math.cos(math.pi * progress))
+    cosine = 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
     return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * cosine)
 
 
+def schedule_progress(cfg: TrainConfig, step: int, loop_seconds: float) -> float:
+    """How far the cosine has gone: by steps, or by the time budget if that runs out first."""
+    progress = (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps)
+    if cfg.max_minutes:
+        progress = max(progress, loop_seconds / (60 * cfg.max_minutes))
+    return min(1.0, max(0.0, progress))
+
+
 @torch.no_grad()
-def evaluate(model: LanternModel, val_batches, device) -> dict[int, float]:
-    """Mean validation cross-entropy at every uniform depth 1..steps_reasoning."""
+def evaluate(model: LanternModel, val_batches, device: torch.device) -> dict[str, Any]:
+    """Validation loss at every uniform depth 1..steps_reasoning (eval mode, fixed batches),
+    and how well the halting head after iteration d-1 predicts "depth d keeps the argmax"."""
+    was_training = model.training
     model.eval()
-    losses = {}
+    losses, halting = {}, {}
+    previous: list[torch.Tensor] = []
     for depth in range(1, model.config.steps_reasoning + 1):
-        total = 0.0
-        for inputs, targets in val_batches:
-            logits = model(inputs.to(device), depth).logits
-            total += F.cross_entropy(logits.flatten(0, 1).float(), targets.to(device).flatten(),
+        total, argmaxes, agree, correct, bce, count = 0.0, [], 0.0, 0.0, 0.0, 0
+        for b, (inputs, targets) in enumerate(val_batches):
+            inputs, targets = inputs.to(device), targets.to(device)
+            out = model(inputs, depth)
+            total += F.cross_entropy(out.logits.flatten(0, 1).float(), targets.flatten(),
                                      ignore_index=IGNORE).item()
-        losses[depth] = total / len(val_batches)
-    model.train()
-    return losses
+            argmaxes.append(out.logits.argmax(-1))
+            if previous and out.halting is not None:
+                target = (previous[b] == argmaxes[-1]).float()              # (B, T)
+                probs = out.halting[:, depth - 2].float()                   # (num_blocks, B, T)
+                valid = targets != IGNORE
+                agree += target[valid].sum().item()
+                correct += ((probs >= 0.5).float() == target).float()[:, valid].mean().item()
+                bce += halting_bce(out.halting, depth, target, valid).item()
+                count += int(valid.sum())
+        losses[str(depth)] = round(total / len(val_batches), 4)
+        if count:
+            n = len(val_batches)
+            halting[str(depth)] = {"target_rate": round(agree / count, 4),
+                                   "accuracy": round(correct / n, 4), "bce": round(bce / n, 4)}
+        previous = argmaxes
+    model.train(was_training)
+    return {"loss_per_depth": losses, "halting": halting}
+
+
+# --- the loop -----------------------------------------------------------------------------
+
+def resume_config(path: str | Path, **overrides: Any) -> TrainConfig:
+    """The TrainConfig a checkpoint was trained with, with ``overrides`` applied."""
+    ckpt = load_checkpoint(path)
+    stored = ckpt.training.get("train_config")
+    if ckpt.kind != "lantern-edge" or not isinstance(stored, dict) or not ckpt.resume_state:
+        raise ValueError(f"--resume {path}: this checkpoint holds no trainer state (it was not "
+                         f"written by `lantern-edge train`); start a new run instead")
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    values = {k: v for k, v in stored.items() if k in known}
+    values["corpus"] = tuple(values.get("corpus") or ())
+    return TrainConfig(**{**values, **overrides})
+
+
+def _check_resumable(cfg: TrainConfig, path: str | Path, model_cfg: ModelConfig) -> None:
+    for name in ("vocab_size", *MODEL_FIELDS):
+        if getattr(cfg, name) != getattr(model_cfg, name):
+            raise ValueError(f"{name}={getattr(cfg, name)!r} differs from the checkpoint's "
+                             f"{getattr(model_cfg, name)!r} ({path}); the model's shape cannot "
+                             f"change on resume")
+
+
+def _optimizer(model: LanternModel, cfg: TrainConfig) -> torch.optim.AdamW:
+    """AdamW; weight decay on matrices and embeddings (dim >= 2), none on norms and biases."""
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.dim() < 2]
+    return torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                              {"params": no_decay, "weight_decay": 0.0}],
+                             lr=cfg.lr, betas=(0.9, 0.95))
 
 
 def train(cfg: TrainConfig, resume: str | Path | None = None, progress: bool = True) -> dict:
-    """Train (or resume) and save the checkpoint at cfg.output; returns the training metadata."""
+    """Train (or resume) and save the checkpoint at cfg.output; returns its training metadata.
+
+    Checkpoints are written at every eval_interval, at the end, and on KeyboardInterrupt (then
+    re-raised), each resumable with ``resume``. The caller's torch RNG and thread count are
+    left as they were.
+    """
+    previous_threads = torch.get_num_threads()
+    device = resolve_device(cfg.device)
+    try:
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        devices = [torch.cuda.current_device()] if device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            return _train(cfg, device, resume, progress)
+    finally:
+        torch.set_num_threads(previous_threads)
+
+
+def _train(cfg: TrainConfig, device: torch.device, resume: str | Path | None,
+           progress: bool) -> dict:
     from tokenizers import Tokenizer
     from tqdm import tqdm
 
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    device = resolve_device(cfg.device)
+    started = time.perf_counter()
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
-    started = time.perf_counter()
-    corpus = load_corpus(list(cfg.corpus) or None, max_chars=cfg.corpus_max_chars)
     state = load_checkpoint(resume) if resume else None
+    if state is not None and (state.kind != "lantern-edge" or not state.resume_state):
+        raise ValueError(f"--resume {resume}: this checkpoint holds no trainer state (it was "
+                         f"not written by `lantern-edge train`)")
+
+    # 1. data and tokenizer (reused from the checkpoint when resuming)
+    corpus = load_corpus(list(cfg.corpus), cfg.val_fraction, cfg.corpus_max_chars)
     if state is not None:
-        tokenizer = Tokenizer.from_str(state.tokenizer_json)
-        model_cfg = state.model_config
+        _check_resumable(cfg, resume, state.model_config)
+        tokenizer, model_cfg = Tokenizer.from_str(state.tokenizer_json), state.model_config
     else:
         tokenizer = train_bpe_tokenizer(corpus.train, cfg.vocab_size)
         model_cfg = cfg.model_config(special_token_ids(tokenizer))
     train_ids = tokenize(tokenizer, corpus.train, model_cfg.eos_token_id)
     val_ids = tokenize(tokenizer, corpus.val, model_cfg.eos_token_id)
+    for split, ids in (("training", train_ids), ("validation", val_ids)):
+        if len(ids) < cfg.seq_len:
+            raise ValueError(f"the {split} split has {len(ids)} tokens, fewer than seq_len="
+                             f"{cfg.seq_len}; lower seq_len or give a larger corpus")
     val_rng = np.random.default_rng(12345)      # fixed validation windows, comparable over runs
     val_batches = [make_batch(val_ids, cfg, model_cfg, val_rng, think=False)
                    for _ in range(cfg.eval_batches)]
 
+    # 2. model and optimizer (and the trainer state of a resumed run)
     model = LanternModel(model_cfg).to(device)
-    decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
-    no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
-    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                                   {"params": no_decay, "weight_decay": 0.0}],
-                                  lr=cfg.lr, betas=(0.9, 0.95))
-    step, history, tokens_seen, prior_seconds = 0, [], 0, 0.0
+    optimizer = _optimizer(model, cfg)
+    step, tokens_seen, loop_seconds, prior_seconds, history = 0, 0, 0.0, 0.0, []
     if state is not None:
         model.load_state_dict(state.state_dict)
-        resume_state = state.resume_state or {}
-        if "optimizer" in resume_state:
-            optimizer.load_state_dict(resume_state["optimizer"])
-        step = int(state.training.get("steps", 0))
-        history = list(state.training.get("eval_history", []))
+        saved = state.resume_state
+        optimizer.load_state_dict(saved["optimizer"])
+        step, loop_seconds = int(saved["step"]), float(saved["loop_seconds"])
+        rng.bit_generator.state = saved["rng"]["numpy"]
+        torch.set_rng_state(saved["rng"]["torch"])
+        if device.type == "cuda" and saved["rng"].get("cuda") is not None:
+            torch.cuda.set_rng_state(saved["rng"]["cuda"])
         tokens_seen = int(state.training.get("tokens_seen", 0))
         prior_seconds = float(state.training.get("train_seconds", 0.0))
-        rng = np.random.default_rng([cfg.seed, step])
+        history = list(state.training.get("eval_history", []))
+        logger.info("resuming %s at step %d", resume, step)
     model.train()
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.dtype == "bf16")
-    logger.info("model: %d parameters; train %d tokens, val %d tokens", model.num_parameters(),
-                len(train_ids), len(val_ids))
+    logger.info("%d parameters on %s (%s); train %d tokens (%d files), val %d tokens (%d files)",
+                model.num_parameters(), device, cfg.dtype, len(train_ids),
+                corpus.description["files_train"], len(val_ids), corpus.description["files_val"])
 
-    def save(final: bool):
-        meta = {"steps": step, "tokens_seen": tokens_seen,
-                "train_seconds": prior_seconds + time.perf_counter() - started,
-                "data": corpus.description, "train_tokens": int(len(train_ids)),
-                "val_tokens": int(len(val_ids)), "eval_history": history,
-                "eval_loss_per_depth": history[-1]["loss_per_depth"] if history else {},
-                "train_config": dataclasses.asdict(cfg), "parameters": model.num_parameters(),
-                "objectives": {"random_depth": True, "mixed_depth_fraction": cfg.mixed_depth_fraction,
-                               "think_rate": cfg.think_rate,
-                               "halting_target": "argmax unchanged by one more iteration"},
-                "final": final}
-        save_checkpoint(cfg.output, model.cpu(), ControllerConfig(), tokenizer.to_str(), meta,
-                        {"optimizer": optimizer.state_dict()})
-        model.to(device)
+    def record() -> None:
+        result = evaluate(model, val_batches, device)
+        history.append({"step": step, "tokens_seen": tokens_seen, **result})
+        logger.info("step %d  val loss per depth  %s", step, "  ".join(
+            f"{d}: {v:.3f}" for d, v in result["loss_per_depth"].items()))
+
+    def save(final: bool) -> dict:
+        meta = {
+            "steps": step, "tokens_seen": tokens_seen, "loop_seconds": round(loop_seconds, 2),
+            "train_seconds": round(prior_seconds + time.perf_counter() - started, 2),
+            "data": corpus.description, "train_tokens": int(len(train_ids)),
+            "val_tokens": int(len(val_ids)), "parameters": model.num_parameters(),
+            "tokenizer": {"kind": "byte-level BPE", "vocab_size": tokenizer.get_vocab_size()},
+            "eval_history": history,
+            "eval_loss_per_depth": history[-1]["loss_per_depth"] if history else {},
+            "halting_eval": history[-1]["halting"] if history else {},
+            "train_config": {**dataclasses.asdict(cfg), "corpus": list(cfg.corpus)},
+            "device": str(device), "torch_version": str(torch.__version__), "final": final,
+            "objectives": {
+                "depth": "uniform 1..steps_reasoning per batch; per token on "
+                         f"{cfg.mixed_depth_fraction:.0%} of batches (THINK at steps_reasoning)",
+                "think": f"inserted at rate {cfg.think_rate}; the label before a THINK is "
+                         "ignored, the THINK position predicts the next real token",
+                "halting": "BCE of p_halt after iteration d-1 against argmax(depth d-1) == "
+                           "argmax(depth d) (no-grad eval-mode passes), on uniform-depth "
+                           "batches with d >= 2"},
+        }
+        rng_state = {"seed": cfg.seed, "numpy": rng.bit_generator.state,
+                     "torch": torch.get_rng_state(),
+                     "cuda": torch.cuda.get_rng_state() if device.type == "cuda" else None}
+        resume_state = {"optimizer": optimizer.state_dict(), "step": step,
+                        "loop_seconds": loop_seconds, "rng": rng_state,
+                        "scheduler": {"kind": "linear warm-up + cosine", "step": step,
+                                      "progress": schedule_progress(cfg, step, loop_seconds),
+                                      "lr": optimizer.param_groups[0]["lr"]}}
+        Path(cfg.output).parent.mkdir(parents=True, exist_ok=True)
+        save_checkpoint(cfg.output, model, ControllerConfig(), tokenizer.to_str(), meta,
+                        resume_state)
         return meta
 
-    def record():
-        losses = evaluate(model, val_batches, device)
-        history.append({"step": step, "loss_per_depth": {str(k): round(v, 4) for k, v in losses.items()}})
-        logger.info("step %d val loss per depth %s", step, history[-1]["loss_per_depth"])
-        return losses
-
+    # 3. the loop: batch, depth, losses, step; validation + checkpoint every eval_interval
     if not history:
         record()
-    bar = tqdm(total=cfg.max_steps, initial=step, disable=not progress, dynamic_ncols=True)
-    window_tokens, window_start = 0, time.perf_counter()
-    while step < cfg.max_steps:
-        if cfg.max_minutes and time.perf_counter() - started > 60 * cfg.max_minutes:
-            break
-        for group in optimizer.param_groups:
-            group["lr"] = learning_rate(cfg, step)
-        inputs, targets = make_batch(train_ids, cfg, model_cfg, rng, think=True)
-        inputs, targets = inputs.to(device), targets.to(device)
-        depth = sample_depth(cfg, tuple(inputs.shape), rng, model_cfg.num_blocks)
-        with autocast:
-            out = model(inputs, depth.to(device) if torch.is_tensor(depth) else depth)
-            loss = F.cross_entropy(out.logits.flatten(0, 1).float(), targets.flatten(),
-                                   ignore_index=IGNORE)
-            halt_loss = torch.zeros((), device=device)
-            if out.halting is not None and isinstance(depth, int) and depth >= 2:
-                with torch.no_grad():
-                    shallow = model(inputs, depth - 1).logits
-                target = halting_targets(shallow, out.logits.detach())          # (B, T)
-                valid = (targets != IGNORE).float()
-                probs = out.halting[:, depth - 2].float().clamp(1e-6, 1 - 1e-6)  # (nb, B, T)
-                bce = F.binary_cross_entropy(probs, target.expand_as(probs), reduction="none")
-                halt_loss = (bce * valid).sum() / (valid.sum() * probs.shape[0])
-        optimizer.zero_grad(set_to_none=True)
-        (loss + cfg.halting_weight * halt_loss).backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        optimizer.step()
-        step += 1
-        tokens_seen += inputs.numel()
-        window_tokens += inputs.numel()
-        if step % 10 == 0 or step == cfg.max_steps:
-            rate = window_tokens / (time.perf_counter() - window_start)
-            bar.set_postfix(loss=f"{loss.item():.3f}", halt=f"{halt_loss.item():.3f}",
-                            tok_s=f"{rate:.0f}")
-            window_tokens, window_start = 0, time.perf_counter()
-        bar.update(1)
-        if step % cfg.eval_interval == 0 and step < cfg.max_steps:
-            record()
-            save(final=False)
+    bar = tqdm(total=cfg.max_steps, initial=step, disable=not progress, unit="step",
+               dynamic_ncols=True)
+    loop_start, window_tokens, window_start = time.perf_counter() - loop_seconds, 0, time.perf_counter()
+    try:
+        while step < cfg.max_steps and not (cfg.max_minutes and loop_seconds >= 60 * cfg.max_minutes):
+            lr = learning_rate(cfg, step, schedule_progress(cfg, step, loop_seconds))
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            inputs, targets = make_batch(train_ids, cfg, model_cfg, rng, think=True)
+            depth = sample_depth(cfg, inputs, model_cfg, rng)
+            inputs, targets = inputs.to(device), targets.to(device)
+            depth = depth.to(device) if torch.is_tensor(depth) else depth
+            losses = compute_losses(model, inputs, targets, depth, autocast)
+            optimizer.zero_grad(set_to_none=True)
+            (losses.lm + cfg.halting_weight * losses.halting).backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            optimizer.step()
+            step += 1
+            tokens_seen += inputs.numel()
+            window_tokens += inputs.numel()
+            loop_seconds = time.perf_counter() - loop_start
+            if step % 10 == 0 or step == cfg.max_steps:
+                rate = window_tokens / max(1e-9, time.perf_counter() - window_start)
+                bar.set_postfix(loss=f"{losses.lm.item():.3f}", halt=f"{losses.halting.item():.3f}",
+                                lr=f"{lr:.2e}", tok_s=f"{rate:.0f}")
+                window_tokens, window_start = 0, time.perf_counter()
+            bar.update(1)
+            if step % cfg.eval_interval == 0 and step < cfg.max_steps:
+                record()
+                save(final=False)
+                loop_start = time.perf_counter() - loop_seconds    # evaluation is not training time
+    except KeyboardInterrupt:
+        bar.close()
+        save(final=False)
+        logger.warning("interrupted at step %d; saved %s (continue with --resume)", step, cfg.output)
+        raise
     bar.close()
     if not history or history[-1]["step"] != step:
         record()
-    return save(final=True)
+    meta = save(final=True)
+    logger.info("saved %s after %d steps (%.0f s)", cfg.output, step, meta["train_seconds"])
+    return meta
