@@ -25,6 +25,19 @@ def test_bpe_round_trips_exactly(bpe, text):
     assert bpe.decode(ids, skip_special_tokens=False) == text
 
 
+def test_bpe_round_trips_held_out_source_files(bpe):
+    held_out = load_corpus(max_chars=100_000).val       # files the tokenizer never saw
+    for text in held_out:
+        ids = bpe.encode(text, add_special_tokens=False).ids
+        assert bpe.decode(ids, skip_special_tokens=False) == text
+
+
+def test_special_tokens_encode_as_single_ids(bpe):
+    ids = special_token_ids(bpe)
+    encoded = bpe.encode("x<think>y<eos>", add_special_tokens=False).ids
+    assert ids["think_token_id"] in encoded and ids["eos_token_id"] in encoded
+
+
 def test_bpe_has_distinct_special_tokens_and_merges(bpe):
     ids = special_token_ids(bpe)
     assert sorted(ids.values()) == [0, 1, 2, 3]
