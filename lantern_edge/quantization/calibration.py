@@ -1,0 +1,61 @@
+"""Static quantization's calibration: real graph inputs recorded while the fp32 graphs run text.
+
+The runtime's own engine prefills held-out sequences; every session call's inputs are copied,
+per graph file, so each graph is calibrated on exactly the activations it sees in use.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from onnxruntime.quantization import CalibrationDataReader
+
+from ..runtime.artifacts import Artifacts
+from ..runtime.engine import Engine
+
+MAX_SEQUENCES = 8
+
+
+def collect_feeds(artifacts: Artifacts, texts: list[str]) -> dict[str, list[dict]]:
+    """graph file name -> list of input dicts, from prefilling calibration text."""
+    from ..runtime.generate import Runtime
+    from .quality import heldout_sequences
+
+    engine = Engine(artifacts, "fp32", ["CPUExecutionProvider"])
+    names = {id(engine.embed): "embed.onnx", id(engine.mc): "mc_step.onnx",
+             id(engine.lm_head): "lm_head.onnx", id(engine.uncertainty): "uncertainty.onnx"}
+    names.update({id(s): f"block{b}.onnx" for b, s in enumerate(engine.blocks)})
+    feeds: dict[str, list[dict]] = {name: [] for name in names.values()}
+    run = engine._run
+
+    def recording(name, session, inputs):
+        feeds[names[id(session)]].append({k: np.array(v, copy=True) for k, v in inputs.items()})
+        return run(name, session, inputs)
+
+    engine._run = recording
+    runtime = Runtime(artifacts.root)
+    length = min(128, artifacts.model_config.max_position - 1)
+    sequences = heldout_sequences(runtime, texts, MAX_SEQUENCES, length)
+    if not sequences:
+        from .api import QuantizationError
+        raise QuantizationError("the calibration text could not be tokenized into any sequence")
+    for ids in sequences:
+        engine.reset()
+        step = engine.feed(ids, artifacts.model_config.steps_base)
+        engine.signals(step.logits, np.array([1.0, 0.5, 0.5], np.float32))
+    last = f"block{artifacts.model_config.num_blocks - 1}.onnx"
+    cfg = artifacts.model_config
+    for f in feeds[last]:
+        tokens, keys = f["attn_bias"].shape
+        ones = lambda *s: np.ones(s, np.float32)  # noqa: E731
+        feeds["mc_step.onnx"].append({**f, "mask_attn_probs": ones(2, cfg.num_heads, tokens, keys),
+                                      "mask_attn_out": ones(2, tokens, cfg.hidden_size),
+                                      "mask_mlp_out": ones(2, tokens, cfg.hidden_size)})
+    return feeds
+
+
+class FeedReader(CalibrationDataReader):
+    def __init__(self, feeds: list[dict]):
+        self.feeds = iter(feeds)
+
+    def get_next(self):
+        return next(self.feeds, None)
