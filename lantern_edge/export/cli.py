@@ -1,7 +1,8 @@
 """`lantern-export CHECKPOINT [-o OUTDIR] [--opset N] [--int8] [--force] [--vocab V] [--debug]`.
 
 Exit codes: 0 exported and verified; 1 the graphs disagree with the PyTorch reference (the
-numbers are printed, nothing is written); 2 bad input (checkpoint, options, output location).
+numbers are printed, nothing is written) or --int8 failed after the fp32 export; 2 bad input
+(checkpoint, options, output location).
 """
 
 from __future__ import annotations
@@ -75,13 +76,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"lantern-export: needs {e.name}: pip install torch==2.13.0 "
               f"\"lantern-edge[export]\"", file=sys.stderr)
         return 2
-    quantize = None
     if args.int8:
-        try:   # the quantization step (issue 5) provides this function
-            from ..quantization import quantize_artifacts as quantize
+        try:   # the quantization step (issue 5)
+            from ..quantization.api import main_summary, quantize_artifacts
         except ImportError:
-            print("lantern-export: --int8 is not available yet: the quantization step "
-                  "(lantern_edge.quantization) is not part of this version; export without "
+            print("lantern-export: --int8 is not available: the quantization step "
+                  "(lantern_edge.quantization) is not installed in this version; export without "
                   "--int8", file=sys.stderr)
             return 2
     try:
@@ -99,8 +99,17 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     print(f"exported {report.checkpoint_kind} checkpoint {args.checkpoint} to {report.out_dir} "
           f"(opset {report.opset}) in {report.seconds:.1f} s\n\n{format_summary(report)}")
-    if quantize is not None:
-        return quantize(report.out_dir, progress=lambda m: print(f"  {m}", flush=True))
+    if args.int8:
+        try:
+            quantized = quantize_artifacts(report.out_dir,
+                                           progress=lambda m: print(f"  {m}", flush=True))
+        except (LanternError, OSError) as e:
+            if args.debug:
+                traceback.print_exc()
+            print(f"lantern-export: the fp32 artifacts are in {report.out_dir}, but --int8 "
+                  f"failed: {e}", file=sys.stderr)
+            return 1
+        print(main_summary(quantized))
     return 0
 
 

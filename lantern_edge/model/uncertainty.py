@@ -1,17 +1,24 @@
-"""The uncertainty signals of one next-token distribution, in torch (exported as uncertainty.onnx).
+"""The uncertainty signals of next-token distributions, in torch (the reference of uncertainty.onnx).
 
-entropy (nats), p_max, semantic dispersion of the top-k candidates (probability-weighted
-variance of their embeddings, probabilities renormalised over the top k, as upstream LANTERN
-computes it) and the composite score U = a*entropy + b*dispersion - c*p_max.
+For logits l (N, V), with z = l - max(l) and p = softmax(l):
+- entropy = -sum p log p (nats) = log(sum e^z) - sum(e^z z) / sum(e^z)
+- p_max = 1 / sum e^z
+- dispersion: the top-k candidates' embeddings e_i with probabilities renormalised over the top
+  k, w_i = p_i / sum_topk p: sum_i w_i ||e_i - mu||^2, mu = sum_i w_i e_i
+- score U = a*entropy + b*dispersion - c*p_max, weights = (a, b, c)
 
-Numerically safe for huge logits, all-equal logits and -inf entries (as long as one logit is
-finite): everything is computed from logits shifted by their maximum.
+Numerically safe for huge logits, all-equal logits and -inf entries (while one logit is
+finite): logits are clipped to +-1e38, so every z is finite (>= -2e38) and e^z * z is 0 * finite
+where e^z underflows, never 0 * -inf. export/graphs.py `uncertainty_graph` is the same
+computation node for node.
 """
 
 from __future__ import annotations
 
 import torch
 from torch import nn
+
+CLIP = 1e38
 
 
 class UncertaintyHead(nn.Module):
@@ -25,19 +32,18 @@ class UncertaintyHead(nn.Module):
 
     def forward(self, logits: torch.Tensor, weights: torch.Tensor):
         """logits (N, V), weights (3,) = (a, b, c) -> entropy, p_max, dispersion, score (N,)."""
+        logits = logits.clamp(-CLIP, CLIP)
         top = logits.max(dim=-1, keepdim=True)[0]
-        shifted = logits - top                                          # <= 0, max exactly 0
-        log_norm = torch.log(torch.exp(shifted).sum(dim=-1, keepdim=True))
-        log_probs = shifted - log_norm
-        probs = torch.exp(log_probs)
-        # p * log p is 0 where p underflows to 0 (and -inf logits must not give 0 * -inf = NaN)
-        entropy = -torch.where(probs > 0, probs * log_probs, torch.zeros_like(probs)).sum(dim=-1)
-        p_max = torch.exp(-log_norm).squeeze(-1)
+        z = logits - top                                                # in [-2e38, 0]
+        e = torch.exp(z)
+        total = e.sum(dim=-1)                                           # >= 1
+        entropy = torch.log(total) - (e * z).sum(dim=-1) / total
+        p_max = 1.0 / total
         top_logits, top_ids = torch.topk(logits, self.top_k, dim=-1)
-        top_probs = torch.exp(top_logits - top - log_norm)              # (N, k)
-        weights_k = top_probs / top_probs.sum(dim=-1, keepdim=True)
-        emb = self.embedding[top_ids]                                    # (N, k, C)
-        centroid = (weights_k.unsqueeze(-1) * emb).sum(dim=1, keepdim=True)
-        dispersion = (weights_k * ((emb - centroid) ** 2).sum(dim=-1)).sum(dim=-1)
+        w = torch.exp(top_logits - top)                                 # (N, k), max exactly 1
+        w = w / w.sum(dim=-1, keepdim=True)
+        emb = self.embedding[top_ids]                                   # (N, k, C)
+        mean = (w.unsqueeze(-1) * emb).sum(dim=1, keepdim=True)
+        dispersion = (w * ((emb - mean) ** 2).sum(dim=-1)).sum(dim=-1)
         score = weights[0] * entropy + weights[1] * dispersion - weights[2] * p_max
         return entropy, p_max, dispersion, score
