@@ -177,6 +177,18 @@ def parity_sequence(config: ModelConfig, seed: int = 0) -> tuple[np.ndarray, lis
 
 def check_parity(model: LanternModel, root: str | Path) -> dict[str, float]:
     """Max abs differences vs the reference, per check (keys: PARITY_KEYS)."""
+    # One token at a time is hundreds of tiny torch ops: a second intra-op thread only adds
+    # synchronisation (10-100x slower on a busy 2-core machine).
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with torch.no_grad():
+            return _check_parity(model, root)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _check_parity(model: LanternModel, root: str | Path) -> dict[str, float]:
     cfg = model.config
     ids, depth = parity_sequence(cfg)
     runner = GraphRunner(root)
