@@ -32,7 +32,8 @@ EXCLUDED_DIRS = frozenset({"site-packages", "dist-packages", "_bundled", "_vendo
                            "vendored", "third_party", "__pycache__", "lib-dynload"})
 # Machine-generated files (codec tables, Sphinx topic dumps, sysconfig data): data, not code.
 GENERATED_MARKER = re.compile(r"auto-?generated|automatically generated|this file is generated|"
-                              r"generated (from|and used)|gencodec|do not edit", re.IGNORECASE)
+                              r"generated (from|and used|on)|gencodec|character mapping codec|"
+                              r"do not edit", re.IGNORECASE)
 STDLIB_SUFFIXES = (".py",)
 DIRECTORY_SUFFIXES = (".py", ".txt", ".md", ".rst")
 # Between files in train.txt / val.txt (ASCII "file separator"; absent from the stdlib sources).

@@ -119,7 +119,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     # ~130k parameters; ~20 s on one CPU core: what the tests train (tests/conftest.py)
     "tiny": dict(vocab_size=512, hidden_size=64, num_heads=4, intermediate_size=128,
                  num_blocks=2, window_size=16, max_position=256, max_global_tokens=8,
-                 seq_len=64, batch_size=16, lr=6e-3, warmup_steps=20, max_steps=400,
+                 seq_len=64, batch_size=16, lr=3e-3, warmup_steps=20, max_steps=400,
                  eval_interval=200, eval_batches=4, corpus_max_chars=300_000, think_rate=0.05,
                  threads=1),
     # the shipped default model (~3.5M parameters)
@@ -357,10 +357,12 @@ def _train(cfg: TrainConfig, device: torch.device, resume: str | Path | None,
         raise ValueError(f"--resume {resume}: this checkpoint holds no trainer state (it was "
                          f"not written by `lantern-edge train`)")
 
+    if state is not None:
+        _check_resumable(cfg, resume, state.model_config)
+
     # 1. data and tokenizer (reused from the checkpoint when resuming)
     corpus = load_corpus(list(cfg.corpus), cfg.val_fraction, cfg.corpus_max_chars)
     if state is not None:
-        _check_resumable(cfg, resume, state.model_config)
         tokenizer, model_cfg = Tokenizer.from_str(state.tokenizer_json), state.model_config
     else:
         tokenizer = train_bpe_tokenizer(corpus.train, cfg.vocab_size)
