@@ -73,7 +73,8 @@ def decode_feeds(manifest: dict, role: str, rng) -> dict[str, np.ndarray]:
     if role in ("block", "mc_step"):
         samples = controller["mc_samples"] if role == "mc_step" else 1
         feeds = {"hidden": f32(1, 1, c), "positions": position, "past_key": f32(h, stored, d),
-                 "past_value": f32(h, stored, d), "attn_bias": np.zeros((1, stored + 1), np.float32)}
+                 "past_value": f32(h, stored, d),
+                 "attn_bias": np.zeros((1, stored + 1), np.float32)}
         if role == "mc_step":
             keep = lambda *shape: (rng.random(shape) >= 0.1).astype(np.float32) / 0.9  # noqa: E731
             feeds.update(mask_attn_probs=keep(samples, h, 1, stored + 1),
@@ -176,12 +177,12 @@ def _transformers_fusion(path: Path, manifest: dict, feeds: dict, tmp: Path, cal
     session = make_session(out)
     start = time.perf_counter()
     make_session(out)
+    before = {n.op_type for n in onnx.load(str(path), load_external_data=False).graph.node}
     return {"variant": "onnxruntime.transformers gpt2 fusions, then online ALL",
             "load_ms": (time.perf_counter() - start) * 1e3,
             "nodes": len(optimized.model.graph.node),
             "call_us": median_us(lambda: session.run(None, feeds), calls),
-            "fused": sorted({n.op_type for n in optimized.model.graph.node} -
-                            {n.op_type for n in onnx.load(str(path), load_external_data=False).graph.node})}
+            "fused": sorted({n.op_type for n in optimized.model.graph.node} - before)}
 
 
 def default_artifacts(tmp: Path) -> Path:
@@ -213,7 +214,8 @@ def print_tables(rows: list[dict], offline: list[dict], threads: list[int], root
     for r in rows:
         cells = []
         for n in threads:
-            cells += [f"{r[f'run_t{n}']:.1f}", f"{r[f'bound_t{n}']:.1f}" if f"bound_t{n}" in r else ""]
+            bound = r.get(f"bound_t{n}")
+            cells += [f"{r[f'run_t{n}']:.1f}", "" if bound is None else f"{bound:.1f}"]
         print(f"| {r['graph']} | {r['nodes']} ({r['ort_nodes']}) | " + " | ".join(cells) + " |")
     print(f"\nweights.bin {sizes.get('weights.bin', 0) / 1e6:.2f} MB, all files "
           f"{sum(sizes.values()) / 1e6:.2f} MB")

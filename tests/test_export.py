@@ -138,7 +138,8 @@ def run_decode_parity(artifacts, model, ids, prefill):
 # --- parity -------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("seq", [0, 1, 2])
-def test_model_onnx_alone_gives_upstream_reference_logits(upstream_artifacts, upstream_reference, seq):
+def test_model_onnx_alone_gives_upstream_reference_logits(upstream_artifacts, upstream_reference,
+                                                          seq):
     session = ort.InferenceSession(str(upstream_artifacts / "model.onnx"))
     ids = upstream_reference[f"input_ids_seq{seq}"][None]
     logits = session.run(None, {"input_ids": ids})[0]
@@ -211,15 +212,15 @@ def test_mc_step_samples_differ_and_match_reference_block_step(random_artifacts,
     masks = keep_masks(cfg, 4, 1, np.random.default_rng(0))
     got = driver.mc_hidden(masks)                                     # (S, 1, C)
     b = cfg.num_blocks - 1
-    want = reference.block_step(b, i, torch.from_numpy(hidden), torch.from_numpy(think_sequence[-1:]),
-                                position, reference_masks(masks, b, i))[0].numpy()
+    last = torch.from_numpy(think_sequence[-1:])
+    want = reference.block_step(b, i, torch.from_numpy(hidden), last, position,
+                                reference_masks(masks, b, i))[0].numpy()
     assert np.abs(got - want).max() <= 1e-4
     logits = driver.lm_head.run(None, {"hidden": got})[0][:, 0]
     assert all(np.abs(logits[s] - logits[0]).max() > 1e-3 for s in range(1, 4))
     # keep-everything masks reproduce the deterministic iteration
     ones = {name: np.ones_like(m[:1]) for name, m in masks.items()}
-    plain = reference.block_step(b, i, torch.from_numpy(hidden), torch.from_numpy(think_sequence[-1:]),
-                                 position)[0].numpy()
+    plain = reference.block_step(b, i, torch.from_numpy(hidden), last, position)[0].numpy()
     assert np.abs(driver.mc_hidden(ones) - plain).max() <= 1e-4
 
 
@@ -292,7 +293,8 @@ def test_default_output_is_artifacts_checkpoint_stem(tmp_path, random_checkpoint
     assert (tmp_path / "artifacts" / random_checkpoint.stem / "lantern.json").exists()
 
 
-def test_parity_failure_exits_1_and_leaves_nothing(tmp_path, random_checkpoint, monkeypatch, capsys):
+def test_parity_failure_exits_1_and_leaves_nothing(tmp_path, random_checkpoint, monkeypatch,
+                                                   capsys):
     monkeypatch.setattr(export_api, "check_parity", lambda model, root: dict(
         dict.fromkeys(PARITY_KEYS, 0.0), decode_logits=0.5))
     out = tmp_path / "art"
@@ -302,7 +304,8 @@ def test_parity_failure_exits_1_and_leaves_nothing(tmp_path, random_checkpoint, 
     assert list(tmp_path.iterdir()) == []
 
 
-def test_failed_forced_export_keeps_the_previous_artifacts(tmp_path, random_checkpoint, monkeypatch):
+def test_failed_forced_export_keeps_the_previous_artifacts(tmp_path, random_checkpoint,
+                                                           monkeypatch):
     out = tmp_path / "art"
     out.mkdir()
     (out / "keep.txt").write_text("previous")
@@ -370,7 +373,8 @@ def test_unsupported_opset_is_refused(tmp_path, random_checkpoint, capsys, opset
     assert list(tmp_path.iterdir()) == []
 
 
-def test_int8_without_the_quantization_step_says_so(tmp_path, random_checkpoint, monkeypatch, capsys):
+def test_int8_without_the_quantization_step_says_so(tmp_path, random_checkpoint, monkeypatch,
+                                                     capsys):
     monkeypatch.setitem(sys.modules, "lantern_edge.quantization.api", None)
     assert export_main([str(random_checkpoint), "-o", str(tmp_path / "o"), "--int8"]) == 2
     assert "--int8 is not available" in capsys.readouterr().err

@@ -12,7 +12,7 @@ import os
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import onnx
@@ -66,7 +66,6 @@ class ExportReport:
     seconds: float
     checkpoint_kind: str
     opset: int
-    notes: list[str] = field(default_factory=list)
 
     @property
     def total_bytes(self) -> int:

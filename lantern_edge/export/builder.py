@@ -75,7 +75,8 @@ class GraphBuilder:
 
     # --- opset-aware helpers ------------------------------------------------------------------
 
-    def split(self, x: str, sizes: list[int], axis: int, names: list[str] | None = None) -> list[str]:
+    def split(self, x: str, sizes: list[int], axis: int,
+              names: list[str] | None = None) -> list[str]:
         """Split with static sizes; the sizes input is valid at every opset >= 13."""
         return self.op("Split", x, self.const(sizes), outputs=names or len(sizes), axis=axis)
 
@@ -95,16 +96,6 @@ class GraphBuilder:
         out = self.op("LayerNormalization", x, weight, bias, outputs=[output] if output else 1,
                       axis=-1, epsilon=float(eps))
         return out[0] if isinstance(out, list) else out
-
-    def rename(self, value: str, name: str) -> None:
-        """Make the node that produced `value` produce `name` instead (to name graph outputs)."""
-        for node in self.nodes:
-            for i, out in enumerate(node.output):
-                if out == value:
-                    node.output[i] = name
-            for i, inp in enumerate(node.input):
-                if inp == value:
-                    node.input[i] = name
 
     def model(self, doc: str = "") -> onnx.ModelProto:
         graph = helper.make_graph(self.nodes, self.name, self.inputs, self.outputs,

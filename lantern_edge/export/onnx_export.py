@@ -33,7 +33,8 @@ class GraphFile:
     nodes: int                # nodes as exported
 
 
-def build_graphs(model: LanternModel, top_k: int, opset: int) -> list[tuple[str, str, onnx.ModelProto]]:
+def build_graphs(model: LanternModel, top_k: int,
+                 opset: int) -> list[tuple[str, str, onnx.ModelProto]]:
     """(role, file name, graph) for every graph of docs/ARTIFACTS.md, in manifest order."""
     cfg = model.config
     out = [("model", "model.onnx", graphs.full_forward_graph(model, opset)),

@@ -1,4 +1,4 @@
-"""The uncertainty signals of next-token distributions, in torch (the reference of uncertainty.onnx).
+"""Uncertainty signals of next-token distributions in torch (the reference of uncertainty.onnx).
 
 For logits l (N, V), with z = l - max(l) and p = softmax(l):
 - entropy = -sum p log p (nats) = log(sum e^z) - sum(e^z z) / sum(e^z)
