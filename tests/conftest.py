@@ -86,11 +86,14 @@ def random_artifacts(tmp_path_factory, random_checkpoint):
 # --- training ---------------------------------------------------------------------------------
 
 @pytest.fixture(scope="session")
-def tiny_checkpoint(tmp_path_factory):
-    """The tiny preset trained for real on a slice of the stdlib corpus (~40 s on 2 cores)."""
+def tiny_checkpoint(tmp_path_factory) -> Path:
+    """The tiny preset (~130k parameters, THINK + halting, 2 blocks, window 16, depths 1..4)
+    trained for real on a 300k-character sample of the stdlib corpus: seeded and
+    deterministic, one torch thread, about 30 s on a 2-core machine. Validation loss falls
+    from ~6.2 (chance) to ~4.7 nats."""
     from lantern_edge.model.training import PRESETS, TrainConfig, train
     path = tmp_path_factory.mktemp("tiny") / "tiny.pt"
-    train(TrainConfig(output=str(path), **PRESETS["tiny"]), progress=False)
+    train(TrainConfig(output=str(path), **{**PRESETS["tiny"], "seed": 0}), progress=False)
     return path
 
 
