@@ -28,7 +28,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from .config import ControllerConfig, ModelConfig
 from .corpus import load_corpus
 from .modeling import LanternModel
@@ -295,20 +295,26 @@ def evaluate(model: LanternModel, val_batches, device: torch.device) -> dict[str
 
 # --- the loop -----------------------------------------------------------------------------
 
-def resume_config(path: str | Path, **overrides: Any) -> TrainConfig:
-    """The TrainConfig a checkpoint was trained with, with ``overrides`` applied."""
-    ckpt = load_checkpoint(path)
+def _trainer_state_of(ckpt: Checkpoint, path: str | Path) -> dict[str, Any]:
     stored = ckpt.training.get("train_config")
     if ckpt.kind != "lantern-edge" or not isinstance(stored, dict) or not ckpt.resume_state:
         raise ValueError(f"--resume {path}: this checkpoint holds no trainer state (it was not "
                          f"written by `lantern-edge train`); start a new run instead")
+    return stored
+
+
+def resume_config(path: str | Path, **overrides: Any) -> TrainConfig:
+    """The TrainConfig a checkpoint was trained with, with ``overrides`` applied."""
+    stored = _trainer_state_of(load_checkpoint(path), path)
     known = {f.name for f in dataclasses.fields(TrainConfig)}
     values = {k: v for k, v in stored.items() if k in known}
     values["corpus"] = tuple(values.get("corpus") or ())
     return TrainConfig(**{**values, **overrides})
 
 
-def _check_resumable(cfg: TrainConfig, path: str | Path, model_cfg: ModelConfig) -> None:
+def _check_resumable(cfg: TrainConfig, path: str | Path, ckpt: Checkpoint) -> None:
+    _trainer_state_of(ckpt, path)
+    model_cfg = ckpt.model_config
     for name in ("vocab_size", *MODEL_FIELDS):
         if getattr(cfg, name) != getattr(model_cfg, name):
             raise ValueError(f"{name}={getattr(cfg, name)!r} differs from the checkpoint's "
@@ -353,12 +359,8 @@ def _train(cfg: TrainConfig, device: torch.device, resume: str | Path | None,
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     state = load_checkpoint(resume) if resume else None
-    if state is not None and (state.kind != "lantern-edge" or not state.resume_state):
-        raise ValueError(f"--resume {resume}: this checkpoint holds no trainer state (it was "
-                         f"not written by `lantern-edge train`)")
-
     if state is not None:
-        _check_resumable(cfg, resume, state.model_config)
+        _check_resumable(cfg, resume, state)
 
     # 1. data and tokenizer (reused from the checkpoint when resuming)
     corpus = load_corpus(list(cfg.corpus), cfg.val_fraction, cfg.corpus_max_chars)
