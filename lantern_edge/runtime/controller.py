@@ -69,6 +69,8 @@ class Controller:
     def __init__(self, engine: Engine):
         self.engine = engine
         self.config = engine.config
+        # THINK is the controller's to inject; the model never chooses it as an output token
+        self.suppress = engine.config.think_token_id
 
     def decide(self, step: FeedResult, last_token: int, options: GenerationOptions,
                rng: np.random.Generator, mask_seed: int) -> Decision:
@@ -124,6 +126,6 @@ class Controller:
             decision.deepened = True
         return deep.logits[-1], list(deep.iterations)
 
-    @staticmethod
-    def _choose(logits, options, temperature, rng) -> int:
-        return choose(logits, options.do_sample, temperature, options.top_k, options.top_p, rng)
+    def _choose(self, logits, options, temperature, rng) -> int:
+        return choose(logits, options.do_sample, temperature, options.top_k, options.top_p, rng,
+                      self.suppress)

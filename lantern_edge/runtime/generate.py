@@ -41,7 +41,7 @@ class TraceEntry:
     think_injected: bool = False
     deepened: bool = False
     think_skipped: str | None = None
-    microseconds: float = 0.0             # controller + graphs for this token
+    microseconds: float = 0.0             # feeding the previous token + deciding this one
 
 
 @dataclass
@@ -60,21 +60,29 @@ class GenerationResult:
     prompt_tokens: int
     seconds: float
     session_seconds: float                # time inside session.run
+    prefill_seconds: float = 0.0          # the prompt's forward pass, part of seconds
     stats: dict = field(default_factory=dict)
 
 
 class _TextStream:
-    """Incremental detokenisation: emit text only once it is complete UTF-8 (byte-level BPE)."""
+    """Incremental detokenisation (as Hugging Face's TextStreamer): decode only the ids since the
+    last emitted piece, against a short prefix, and hold text back while it ends in an
+    incomplete UTF-8 sequence (byte-level BPE). Special tokens (<eos>) add no text."""
 
     def __init__(self, tokenizer: Tokenizer):
         self.tokenizer, self.ids, self.emitted = tokenizer, [], ""
+        self.prefix = self.read = 0          # ids[prefix:read] decoded already, as context
 
     def push(self, token: int) -> str:
         self.ids.append(token)
-        text = self.tokenizer.decode(self.ids, skip_special_tokens=False)
-        if text.endswith("\ufffd"):
+        decode = self.tokenizer.decode
+        before = decode(self.ids[self.prefix:self.read], skip_special_tokens=True)
+        text = decode(self.ids[self.prefix:], skip_special_tokens=True)
+        if len(text) <= len(before) or text.endswith("\ufffd"):
             return ""
-        piece, self.emitted = text[len(self.emitted):], text
+        piece = text[len(before):]
+        self.prefix, self.read = self.read, len(self.ids)
+        self.emitted += piece
         return piece
 
 
@@ -177,7 +185,8 @@ class Runtime:
         result = GenerationResult(
             text="".join(s.text for s in steps), token_ids=[s.token_id for s in steps],
             trace=trace, stop_reason=info["stop_reason"], prompt_tokens=len(ids),
-            seconds=seconds, session_seconds=self.engine.timer.seconds - session_start)
+            seconds=seconds, session_seconds=self.engine.timer.seconds - session_start,
+            prefill_seconds=info.get("prefill_seconds", 0.0))
         result.stats = summarize(result, self.config.num_blocks)
         return result
 
@@ -189,8 +198,11 @@ class Runtime:
         text = _TextStream(self.tokenizer)
         halting = options.halting_threshold if (options.adaptive and options.use_halting) else None
         info["stop_reason"] = "max_new_tokens"
+        longest_stop = max(map(len, options.stop), default=0)
         started = time.perf_counter()
         step = engine.feed(ids, options.steps_base)                  # prefill
+        info["prefill_seconds"] = time.perf_counter() - started
+        started += info["prefill_seconds"]
         last_token = int(ids[-1])
         for _ in range(options.max_new_tokens):
             decision = self.controller.decide(step, last_token, options, rng, mask_seed)
@@ -201,7 +213,9 @@ class Runtime:
             if eos is not None and token == eos:
                 info["stop_reason"] = "eos"
                 return
-            if options.stop and any(s in text.emitted for s in options.stop):
+            # a stop string ends in the new piece: search only the tail of the text
+            tail = text.emitted[-(len(piece) + longest_stop - 1):] if piece and longest_stop else ""
+            if tail and any(s in tail for s in options.stop):
                 info["stop_reason"] = "stop"
                 return
             if engine.kv.length >= self.config.max_position:
@@ -216,8 +230,8 @@ def _trace(d: Decision, piece: str, microseconds: float) -> TraceEntry:
     s = d.signals
     return TraceEntry(
         token_id=d.token, text=piece, band=d.band, probability=d.probability,
-        iterations=d.iterations, deep_iterations=d.deep_iterations, entropy=s.get("entropy"), p_max=s.get("p_max"),
-        dispersion=s.get("dispersion"), u=s.get("score"), u_epistemic=d.u_epistemic,
+        iterations=d.iterations, deep_iterations=d.deep_iterations, entropy=s.get("entropy"),
+        p_max=s.get("p_max"), dispersion=s.get("dispersion"), u=s.get("score"), u_epistemic=d.u_epistemic,
         u_total=d.u_total, mc_samples=d.mc_samples, think_injected=d.think_injected,
         deepened=d.deepened, think_skipped=d.think_skipped, microseconds=microseconds)
 
@@ -228,6 +242,9 @@ def summarize(result: GenerationResult, num_blocks: int) -> dict:
     return {
         "new_tokens": n,
         "tokens_per_second": n / result.seconds if result.seconds > 0 else 0.0,
+        "decode_tokens_per_second": (n / (result.seconds - result.prefill_seconds)
+                                     if result.seconds > result.prefill_seconds else 0.0),
+        "prefill_ms": result.prefill_seconds * 1e3,
         # compute spent per token: the cheap pass plus any THINK / deepened pass
         "mean_iterations_per_block": (sum(sum(t.iterations) + sum(t.deep_iterations or ())
                                           for t in result.trace) / (n * num_blocks)) if n else 0.0,

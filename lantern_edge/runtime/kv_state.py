@@ -48,6 +48,34 @@ class KVState:
         visible = np.concatenate([see_stored, see_new], axis=1)
         return np.where(visible, np.float32(0), np.float32(-np.inf)).astype(np.float32)
 
+    def decode_bias(self, position: int, out: np.ndarray) -> None:
+        """attn_bias for one new token at `position`, written into out [W+G+1] (no allocation
+        beyond a few small temporaries); equal to attn_bias([position], ...)[0]."""
+        stored = self.slot_pos
+        delta = position - stored
+        visible = (stored >= 0) & (delta > 0) & ((delta < self.window) | self.is_global_slot)
+        out.fill(-np.inf)
+        out[:-1][visible] = 0.0
+        out[-1] = 0.0                                   # the token sees itself
+
+    def slot_for(self, position: int, is_global: bool) -> int:
+        """The slot one new token's KV goes to (see slots_for)."""
+        if not is_global:
+            return position % self.window
+        if self.global_count >= self.globals:
+            raise ValueError(self._full_message())
+        return self.window + self.global_count
+
+    def commit_slot(self, position: int, slot: int, is_global: bool) -> None:
+        """commit for one token."""
+        self.slot_pos[slot] = position
+        self.global_count += bool(is_global)
+        self.length = position + 1
+
+    def _full_message(self) -> str:
+        return (f"the global KV buffer is full ({self.globals} slots for position 0 and THINK "
+                f"tokens); no more THINK tokens can be added")
+
     def slots_for(self, positions: np.ndarray, new_global: np.ndarray):
         """(token indices, slots) that the new tokens' KV go to; only the last W ordinary tokens
         of a long chunk keep a ring slot. Raises when the global buffer would overflow."""
@@ -55,9 +83,7 @@ class KVState:
         ordinary = ordinary[positions[ordinary] > positions[-1] - self.window]
         glob = np.flatnonzero(new_global)
         if self.global_count + len(glob) > self.globals:
-            raise ValueError(
-                f"the global KV buffer is full ({self.globals} slots for position 0 and THINK "
-                f"tokens); no more THINK tokens can be added")
+            raise ValueError(self._full_message())
         tokens = np.concatenate([ordinary, glob])
         slots = np.concatenate([positions[ordinary] % self.window,
                                 self.window + self.global_count + np.arange(len(glob))])

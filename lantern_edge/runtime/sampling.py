@@ -32,9 +32,21 @@ def filter_logits(logits: np.ndarray, top_k: int | None, top_p: float | None) ->
 
 
 def choose(logits: np.ndarray, do_sample: bool, temperature: float, top_k: int | None,
-           top_p: float | None, rng: np.random.Generator) -> int:
+           top_p: float | None, rng: np.random.Generator, suppress: int | None = None) -> int:
+    """A token id from logits [V]: argmax, or a seeded draw after temperature, top-k, top-p.
+
+    suppress: an id never chosen (the THINK token, which only the controller may inject).
+    """
     if not do_sample:
-        return int(np.argmax(logits))
-    filtered = filter_logits(logits / np.float32(temperature), top_k, top_p)
+        token = int(np.argmax(logits))
+        if token != suppress:
+            return token
+        masked = logits.copy()
+        masked[suppress] = -np.inf
+        return int(np.argmax(masked))
+    scaled = logits / np.float32(temperature)           # a new array: safe to mask in place
+    if suppress is not None:
+        scaled[suppress] = -np.inf
+    filtered = filter_logits(scaled, top_k, top_p)
     probs = softmax(filtered.astype(np.float64))
     return int(rng.choice(len(probs), p=probs))
