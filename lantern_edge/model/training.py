@@ -122,7 +122,7 @@ PRESETS: dict[str, dict[str, Any]] = {
                  seq_len=64, batch_size=16, lr=3e-3, warmup_steps=20, max_steps=400,
                  eval_interval=200, eval_batches=4, corpus_max_chars=300_000, think_rate=0.05,
                  threads=1),
-    # the shipped default model (~3.5M parameters)
+    # the shipped default model (~3.0M parameters)
     "small": dict(vocab_size=4096, hidden_size=256, num_heads=4, intermediate_size=768,
                   num_blocks=2, window_size=128, max_position=1024, max_global_tokens=16,
                   seq_len=256, batch_size=16, lr=2e-3, warmup_steps=200, max_steps=20000),
