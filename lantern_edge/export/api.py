@@ -18,9 +18,9 @@ from pathlib import Path
 import onnx
 import torch
 
-from ..errors import LanternError
 from ..model.checkpoint import load_checkpoint
 from .builder import MIN_OPSET
+from .errors import ExportError, ParityError
 from .manifest import (METADATA_KEY, TOKENIZER_FILE, build_manifest, metadata_json, sha256_of,
                        write_manifest)
 from .onnx_export import build_graphs, check_graphs, ort_node_count, set_metadata, write_graphs
@@ -32,18 +32,6 @@ logger = logging.getLogger(__name__)
 PARITY_OF_ROLE = {"model": "model_onnx_logits", "embed": "decode_logits", "block": "decode_logits",
                   "mc_step": "mc_step_logits", "lm_head": "decode_logits",
                   "uncertainty": "uncertainty_rel"}
-
-
-class ExportError(LanternError, ValueError):
-    """The export cannot start or cannot be written (bad options, output not writable)."""
-
-
-class ParityError(LanternError):
-    """The exported graphs disagree with the PyTorch reference."""
-
-    def __init__(self, message: str, errors: dict[str, float]):
-        super().__init__(message)
-        self.errors = errors
 
 
 @dataclass

@@ -12,7 +12,6 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-IR_VERSION = 8                 # onnx 1.13+, every onnxruntime >= 1.14 loads it
 MIN_OPSET = 17                 # LayerNormalization
 INT64_MAX = np.iinfo(np.int64).max
 
@@ -102,5 +101,6 @@ class GraphBuilder:
                                   list(self.initializers.values()))
         model = helper.make_model(graph, producer_name="lantern-edge", doc_string=doc,
                                   opset_imports=[helper.make_opsetid("", self.opset)])
-        model.ir_version = IR_VERSION
+        # the oldest IR version that allows this opset (8 for 17 and 18: onnxruntime >= 1.14)
+        model.ir_version = helper.find_min_ir_version_for(list(model.opset_import))
         return model

@@ -22,6 +22,7 @@ from ..model.config import ControllerConfig, ModelConfig
 from ..model.incremental import IncrementalDecoder
 from ..model.modeling import LanternModel
 from ..model.uncertainty import UncertaintyHead
+from .errors import ExportError
 
 LOGIT_TOLERANCE = 1e-4          # max abs logit difference, fp32
 SIGNAL_TOLERANCE = 1e-4         # uncertainty signals, relative to each signal's magnitude
@@ -35,7 +36,12 @@ def session(path: Path, threads: int = 1) -> ort.InferenceSession:
     options.inter_op_num_threads = 1
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.log_severity_level = 3
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    try:
+        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except Exception as e:  # onnxruntime raises its own Fail/InvalidGraph/NotImplemented types
+        detail = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ExportError(f"onnxruntime {ort.__version__} cannot load {Path(path).name} "
+                          f"({detail}); try the default --opset 18") from e
 
 
 class GraphRunner:
