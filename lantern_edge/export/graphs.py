@@ -264,8 +264,7 @@ def uncertainty_graph(embedding: torch.Tensor, top_k: int, opset: int) -> onnx.M
     p_max = g.op("Reciprocal", total, outputs=["p_max"])[0]
     # dispersion: sum_i w_i ||e_i - mu||^2 over the top k, w renormalised over the top k
     top_values, top_ids = g.op("TopK", logits, g.const([top_k]), outputs=2, axis=-1)
-    w = g.op("Exp", g.op("Sub", top_values, top))
-    w = g.op("Div", w, g.reduce("ReduceSum", w, [-1], keepdims=True))           # (N, k)
+    w = g.op("Softmax", top_values, axis=-1)            # (N, k): p renormalised over the top k
     emb = g.op("Gather", g.weight("token_embedding", _np(embedding)), top_ids)  # (N, k, C)
     mean = g.op("MatMul", g.op("Unsqueeze", w, g.const([1])), emb)              # (N, 1, C)
     spread = g.reduce("ReduceSumSquare", g.op("Sub", emb, mean), [-1], keepdims=False)

@@ -40,8 +40,7 @@ class UncertaintyHead(nn.Module):
         entropy = torch.log(total) - (e * z).sum(dim=-1) / total
         p_max = 1.0 / total
         top_logits, top_ids = torch.topk(logits, self.top_k, dim=-1)
-        w = torch.exp(top_logits - top)                                 # (N, k), max exactly 1
-        w = w / w.sum(dim=-1, keepdim=True)
+        w = torch.softmax(top_logits, dim=-1)                           # p renormalised over top k
         emb = self.embedding[top_ids]                                   # (N, k, C)
         mean = (w.unsqueeze(-1) * emb).sum(dim=1, keepdim=True)
         dispersion = (w * ((emb - mean) ** 2).sum(dim=-1)).sum(dim=-1)
