@@ -116,6 +116,48 @@ def test_adaptive_greedy_matches_the_reference_controller_in_every_band(tiny, ti
     assert {tuple(t.iterations) for t in result.trace} != {(2, 2)}    # halting stopped some
 
 
+def test_io_bound_decode_equals_the_plain_session_path(tiny_artifacts):
+    """The bound one-token path (bindings.py) against session.run on the same graphs: mixed
+    depths, halting, THINK tokens, three windows long; logits, KV, MC step and signals."""
+    from lantern_edge.runtime.artifacts import open_artifacts
+    from lantern_edge.runtime.engine import Engine
+    artifacts = open_artifacts(tiny_artifacts)
+    cfg = artifacts.model_config
+    bound, plain = Engine(artifacts), Engine(artifacts)
+    plain._decode = None
+    assert bound._decode is not None
+    rng = np.random.default_rng(0)
+    prompt = rng.integers(4, cfg.vocab_size, 5)
+    prompt[0] = cfg.bos_token_id
+    tokens = rng.integers(4, cfg.vocab_size, 3 * cfg.window_size)
+    tokens[[7, 20]] = cfg.think_token_id
+    weights = np.array([1.0, 0.5, 0.5], np.float32)
+    masks = dropout_masks(cfg, 3, bound.kv.keys.shape[3], seed=0, position=0)
+    for engine in (bound, plain):
+        engine.feed(prompt, cfg.steps_base)
+    halted = 0
+    for t, token in enumerate(tokens):
+        depth = (cfg.steps_base, cfg.steps_reasoning, 1)[t % 3]
+        threshold = 0.5 if t % 2 else None
+        a, b = bound.feed([token], depth, threshold), plain.feed([token], depth, threshold)
+        assert (a.iterations, a.position, a.is_global) == (b.iterations, b.position, b.is_global)
+        halted += threshold is not None and a.iterations != [depth] * cfg.num_blocks
+        np.testing.assert_allclose(a.logits, b.logits, rtol=0, atol=1e-6)
+        np.testing.assert_allclose(a.mc_input, b.mc_input, rtol=0, atol=1e-6)
+        sa, sb = bound.signals(a.logits[-1:], weights), plain.signals(b.logits[-1:], weights)
+        assert sa is bound._decode.signal_buffers                   # the bound session ran
+        for name in sa:
+            np.testing.assert_allclose(sa[name], sb[name], rtol=1e-6, atol=1e-6)
+        if t % 10 == 0:
+            np.testing.assert_allclose(bound.mc_logits(a, masks), plain.mc_logits(b, masks),
+                                       rtol=0, atol=1e-5)
+    np.testing.assert_allclose(bound.kv.keys, plain.kv.keys, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(bound.kv.values, plain.kv.values, rtol=0, atol=1e-6)
+    assert np.array_equal(bound.kv.slot_pos, plain.kv.slot_pos)
+    assert bound.kv.global_count == plain.kv.global_count == 3
+    assert halted > 0                                      # halting really cut some iterations
+
+
 # --- each band's action, forced by thresholds ---------------------------------------------------
 
 def test_confident_band_is_plain_greedy(tiny):

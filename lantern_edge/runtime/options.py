@@ -7,6 +7,7 @@ come from the artifacts' manifest (`Runtime.defaults`); per-call overrides go th
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,6 +19,13 @@ def _require(ok: bool, name: str, value: Any, allowed: str) -> None:
 
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any, finite: bool = True) -> bool:
+    """An int or float (not a bool), never NaN; +-inf only when finite=False."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
+        return False
+    return math.isfinite(value) or not finite
 
 
 @dataclass(frozen=True)
@@ -56,11 +64,15 @@ class GenerationOptions:
                  "stop", self.stop, "a tuple of non-empty strings")
         _require(self.eos_token_id is None or (_is_int(self.eos_token_id) and self.eos_token_id >= 0),
                  "eos_token_id", self.eos_token_id, "None or an id >= 0")
-        _require(isinstance(self.temperature, (int, float)) and self.temperature > 0,
+        for name in ("do_sample", "adaptive", "use_halting", "inject_think"):
+            _require(isinstance(getattr(self, name), bool), name, getattr(self, name),
+                     "True or False")
+        _require(_is_number(self.temperature) and self.temperature > 0,
                  "temperature", self.temperature, "> 0 (use do_sample=False for greedy decoding)")
         _require(self.top_k is None or (_is_int(self.top_k) and self.top_k >= 1), "top_k",
                  self.top_k, "None or an int >= 1")
-        _require(self.top_p is None or 0 < self.top_p <= 1, "top_p", self.top_p, "None or in (0, 1]")
+        _require(self.top_p is None or (_is_number(self.top_p) and 0 < self.top_p <= 1), "top_p",
+                 self.top_p, "None or in (0, 1]")
         _require(self.seed is None or _is_int(self.seed) and self.seed >= 0, "seed", self.seed,
                  "None or an int >= 0")
         _require(_is_int(self.steps_base) and self.steps_base >= 1, "steps_base", self.steps_base,
@@ -69,12 +81,19 @@ class GenerationOptions:
                  "steps_reasoning", self.steps_reasoning, f"an int >= steps_base={self.steps_base}")
         _require(_is_int(self.mc_samples) and 2 <= self.mc_samples <= 64, "mc_samples",
                  self.mc_samples, "an int in [2, 64]")
+        for name in ("weight_entropy", "weight_dispersion", "weight_p_max"):
+            _require(_is_number(getattr(self, name)), name, getattr(self, name), "a finite number")
+        for name in ("tau_low", "tau_mid", "tau_high"):   # +-inf switches a band off or on
+            _require(_is_number(getattr(self, name), finite=False), name, getattr(self, name),
+                     "a number (+-inf allowed, not NaN)")
         _require(self.tau_low <= self.tau_mid <= self.tau_high, "tau_low <= tau_mid <= tau_high",
                  (self.tau_low, self.tau_mid, self.tau_high), "ordered")
-        _require(self.lambda_epistemic >= 0, "lambda_epistemic", self.lambda_epistemic, ">= 0")
-        _require(self.refined_temperature > 0, "refined_temperature", self.refined_temperature, "> 0")
-        _require(0 < self.halting_threshold <= 1, "halting_threshold", self.halting_threshold,
-                 "in (0, 1]")
+        _require(_is_number(self.lambda_epistemic) and self.lambda_epistemic >= 0,
+                 "lambda_epistemic", self.lambda_epistemic, "a finite number >= 0")
+        _require(_is_number(self.refined_temperature) and self.refined_temperature > 0,
+                 "refined_temperature", self.refined_temperature, "a finite number > 0")
+        _require(_is_number(self.halting_threshold) and 0 < self.halting_threshold <= 1,
+                 "halting_threshold", self.halting_threshold, "in (0, 1]")
 
     def check_model(self, num_steps_reasoning: int, vocab_size: int) -> None:
         """Limits that depend on the model: its KV buffers hold steps_reasoning iterations."""
