@@ -72,6 +72,11 @@ class GraphBuilder:
         self.nodes.append(helper.make_node(op_type, list(inputs), names, name=node_name, **attrs))
         return names if isinstance(outputs, list) or outputs > 1 else names[0]
 
+    def fresh(self, prefix: str) -> str:
+        """A value name not used before in this graph."""
+        self._counter += 1
+        return f"{prefix}_{self._counter}"
+
     # --- opset-aware helpers ------------------------------------------------------------------
 
     def split(self, x: str, sizes: list[int], axis: int,

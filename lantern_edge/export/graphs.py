@@ -81,16 +81,16 @@ def _block_body(g: GraphBuilder, model: LanternModel, b: int, x: str, cos: str, 
 
     # 1. q, k (RoPE applied), v: one projection; RoPE in (S, T, heads, D), one Transpose after
     hn = g.layer_norm(x, w["attn_norm.weight"], w["attn_norm.bias"], cfg.norm_eps)
-    qkv = g.op("Add", g.op("MatMul", hn, w["qkv_weight"]), w["qkv_bias"])     # (S, T, 5C)
+    qkv = g.op("Add", g.op("MatMul", hn, w["qkv_weight"]), w["qkv_bias"])     # (S, T, 3C)
     qkv = g.op("Reshape", qkv, g.const([0, 0, 3 * h, d]))                      # (S, T, 3H, D)
     qk, v = g.split(qkv, [2 * h, h], axis=2)
     qk_rot = g.op("MatMul", qk, g.weight("rope_rotation", rope_matrix(model)))
     qk = g.op("Add", g.op("Mul", qk, cos), g.op("Mul", qk_rot, sin))          # cos: (T, 1, D)
     qk = g.op("Transpose", qk, perm=[0, 2, 1, 3])                              # (S, 2H, T, D)
     q, k = g.split(qk, [h, h], axis=1,
-                   names=[f"q_{g._counter}", names.get("key", f"k_{g._counter}")])
+                   names=[g.fresh("q"), names.get("key", g.fresh("k"))])
     v = g.op("Transpose", v, perm=[0, 2, 1, 3],
-             outputs=[names.get("value", f"v_{g._counter}")])[0]              # (S, H, T, D)
+             outputs=[names.get("value", g.fresh("v"))])[0]                     # (S, H, T, D)
 
     # 2. attention (scores already scaled: 1/sqrt(D) lives in the q rows)
     new_scores = g.op("MatMul", q, g.op("Transpose", k, perm=[0, 1, 3, 2]))     # (S, H, T, T)
@@ -129,7 +129,7 @@ def _block_body(g: GraphBuilder, model: LanternModel, b: int, x: str, cos: str, 
     if halting:
         logit = g.op("Add", g.op("MatMul", x, w["halt_weight"]), w["halt_bias"])
         result["halt"] = g.op("Sigmoid", logit,
-                              outputs=[names.get("halt", f"halt_{g._counter}")])[0]
+                              outputs=[names.get("halt", g.fresh("halt"))])[0]
     return result
 
 
