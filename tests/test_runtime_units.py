@@ -11,7 +11,7 @@ from lantern_edge.model.config import ModelConfig
 from lantern_edge.runtime.controller import band_of, dropout_masks
 from lantern_edge.runtime.generate import _TextStream
 from lantern_edge.runtime.kv_state import KVState
-from lantern_edge.runtime.sampling import choose, entropy, filter_logits, softmax
+from lantern_edge.runtime.sampling import choose, entropy, filter_logits, mc_summary, softmax
 
 # --- sampling -----------------------------------------------------------------------------------
 
@@ -172,3 +172,15 @@ def test_text_stream_pieces_join_to_the_full_decode(byte_bpe):
     assert "".join(pieces) == text == stream.emitted             # <eos> adds no text
     assert "\ufffd" not in "".join(pieces)
     assert "" in pieces[:-1]                   # a multi-byte character was held back at least once
+
+
+def test_mc_summary_is_the_mutual_information():
+    rng = np.random.default_rng(0)
+    logits = (rng.standard_normal((5, 300)) * 3).astype(np.float32)
+    mean, information = mc_summary(logits)
+    probs = softmax(logits.astype(np.float64))
+    assert np.allclose(mean, probs.mean(0), atol=1e-7) and mean.sum() == pytest.approx(1.0)
+    expected = entropy(probs.mean(0)) - entropy(probs).mean()
+    assert information == pytest.approx(expected, abs=1e-5) and information > 0.1
+    same = np.repeat(logits[:1], 5, axis=0)                      # identical samples: no MI
+    assert mc_summary(same)[1] == pytest.approx(0.0, abs=1e-6)

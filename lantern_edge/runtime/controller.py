@@ -20,7 +20,7 @@ import numpy as np
 from ..model.config import ModelConfig
 from .engine import Engine, FeedResult
 from .options import GenerationOptions
-from .sampling import choose, entropy, softmax
+from .sampling import choose, mc_summary, softmax
 
 BANDS = ("confident", "moderate", "high", "very_high")
 
@@ -87,10 +87,8 @@ class Controller:
         if decision.band == "high":
             masks = dropout_masks(self.config, options.mc_samples, self.engine.kv.keys.shape[3],
                                   mask_seed, step.position)
-            probs = softmax(self.engine.mc_logits(step, masks).astype(np.float64))
-            mean = probs.mean(axis=0)
+            mean, decision.u_epistemic = mc_summary(self.engine.mc_logits(step, masks))
             decision.mc_samples = options.mc_samples
-            decision.u_epistemic = float(entropy(mean) - entropy(probs).mean())
             decision.u_total = signals["score"] + options.lambda_epistemic * decision.u_epistemic
             if decision.u_total < options.tau_high:
                 log_mean = np.log(np.maximum(mean, 1e-30)).astype(np.float32)

@@ -61,6 +61,7 @@ class GenerationResult:
     seconds: float
     session_seconds: float                # time inside session.run
     prefill_seconds: float = 0.0          # the prompt's forward pass, part of seconds
+    prefill_session_seconds: float = 0.0  # the part of session_seconds spent in the prefill
     stats: dict = field(default_factory=dict)
 
 
@@ -186,7 +187,8 @@ class Runtime:
             text="".join(s.text for s in steps), token_ids=[s.token_id for s in steps],
             trace=trace, stop_reason=info["stop_reason"], prompt_tokens=len(ids),
             seconds=seconds, session_seconds=self.engine.timer.seconds - session_start,
-            prefill_seconds=info.get("prefill_seconds", 0.0))
+            prefill_seconds=info.get("prefill_seconds", 0.0),
+            prefill_session_seconds=info.get("prefill_session_seconds", 0.0))
         result.stats = summarize(result, self.config.num_blocks)
         return result
 
@@ -199,9 +201,10 @@ class Runtime:
         halting = options.halting_threshold if (options.adaptive and options.use_halting) else None
         info["stop_reason"] = "max_new_tokens"
         longest_stop = max(map(len, options.stop), default=0)
-        started = time.perf_counter()
+        started, session_start = time.perf_counter(), engine.timer.seconds
         step = engine.feed(ids, options.steps_base)                  # prefill
         info["prefill_seconds"] = time.perf_counter() - started
+        info["prefill_session_seconds"] = engine.timer.seconds - session_start
         started += info["prefill_seconds"]
         last_token = int(ids[-1])
         for _ in range(options.max_new_tokens):
@@ -238,6 +241,8 @@ def _trace(d: Decision, piece: str, microseconds: float) -> TraceEntry:
 
 def summarize(result: GenerationResult, num_blocks: int) -> dict:
     n = len(result.trace)
+    decode = result.seconds - result.prefill_seconds
+    decode_session = result.session_seconds - result.prefill_session_seconds
     bands = Counter(t.band for t in result.trace if t.band is not None)
     return {
         "new_tokens": n,
@@ -252,6 +257,6 @@ def summarize(result: GenerationResult, num_blocks: int) -> dict:
         "mc_calls": sum(1 for t in result.trace if t.mc_samples),
         "think_injections": sum(t.think_injected for t in result.trace),
         "deepened": sum(t.deepened for t in result.trace),
-        "controller_overhead": (1.0 - result.session_seconds / result.seconds
-                                if result.seconds > 0 else 0.0),
+        # share of the decode wall time spent outside session calls (NumPy, Python, tokenizer)
+        "controller_overhead": (1.0 - decode_session / decode if decode > 0 else 0.0),
     }

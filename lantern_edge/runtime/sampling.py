@@ -17,6 +17,23 @@ def entropy(probs: np.ndarray) -> np.ndarray:
     return -(probs * logp).sum(axis=-1)
 
 
+def mc_summary(logits: np.ndarray) -> tuple[np.ndarray, float]:
+    """Mean probabilities p_bar [V] (float64) of S sampled distributions given as logits [S, V],
+    and their mutual information H(p_bar) - mean_s H(p_s) in nats (the epistemic score, >= 0).
+
+    The S log-softmaxes are computed in float32 (exp/log dominate the cost); sums and the mean
+    distribution are accumulated in float64.
+    """
+    shifted = logits - logits.max(axis=-1, keepdims=True)
+    log_probs = shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+    probs = np.exp(log_probs)
+    sample_entropy = -(probs * log_probs).sum(axis=-1, dtype=np.float64)
+    mean = probs.mean(axis=0, dtype=np.float64)
+    mean /= mean.sum()
+    information = float(entropy(mean) - sample_entropy.mean())
+    return mean, max(information, 0.0)       # rounding can leave -1e-9 where they agree
+
+
 def filter_logits(logits: np.ndarray, top_k: int | None, top_p: float | None) -> np.ndarray:
     """-inf outside the top-k / nucleus; always keeps the most likely token."""
     out = logits.astype(np.float32, copy=True)
