@@ -6,26 +6,18 @@ Reused by the quantization step, which adds a "graphs"/"int8" section and files 
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import Any
 
 from ..model.checkpoint import Checkpoint
+from ..runtime.artifacts import MANIFEST, sha256_of  # noqa: F401  (re-exported)
 from ..version import MANIFEST_FORMAT_VERSION, __version__
 from .onnx_export import WEIGHTS_FILE, GraphFile
 
-MANIFEST_FILE = "lantern.json"
+MANIFEST_FILE = MANIFEST
 TOKENIZER_FILE = "tokenizer.json"
 METADATA_KEY = "lantern_manifest"          # model.onnx metadata_props key
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def graph_section(files: list[GraphFile], external_data: list[str]) -> dict[str, Any]:
