@@ -264,3 +264,33 @@ def test_cli_trains_resumes_and_rejects_bad_values(tmp_path, capsys, random_chec
         assert train_main(argv) == 2, argv
         err = capsys.readouterr().err
         assert message in err and err.count("\n") == 1, (argv, err)
+
+
+def test_interrupt_saves_a_resumable_checkpoint(tmp_path, monkeypatch):
+    real = training.compute_losses
+    calls = {"n": 0}
+
+    def interrupt_at_step_3(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 4:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+    monkeypatch.setattr(training, "compute_losses", interrupt_at_step_3)
+    out = tmp_path / "c.pt"
+    with pytest.raises(KeyboardInterrupt):
+        training.train(TrainConfig(output=str(out), **QUICK), progress=False)
+    saved = load_checkpoint(out)
+    assert saved.training["steps"] == 3 and saved.training["final"] is False
+    monkeypatch.setattr(training, "compute_losses", real)
+    meta = training.train(training.resume_config(out), resume=out, progress=False)
+    assert meta["steps"] == 8 and meta["final"] is True
+
+
+def test_bf16_autocast_trains(tmp_path):
+    cfg = TrainConfig(**{**QUICK, "output": str(tmp_path / "b.pt"), "dtype": "bf16",
+                         "max_steps": 2, "eval_interval": 2})
+    meta = training.train(cfg, progress=False)
+    assert meta["steps"] == 2
+    assert all(math.isfinite(v) for v in meta["eval_loss_per_depth"].values())
+    ckpt = load_checkpoint(cfg.output)
+    assert all(t.dtype == torch.float32 for t in ckpt.state_dict.values() if t.is_floating_point())
