@@ -87,6 +87,9 @@ class TrainConfig:
         def need(ok: bool, name: str, allowed: str) -> None:
             if not ok:
                 raise ValueError(f"{name} must be {allowed}, got {getattr(self, name)!r}")
+        if isinstance(self.corpus, (str, Path)):          # one directory or file
+            object.__setattr__(self, "corpus", (str(self.corpus),))
+        object.__setattr__(self, "corpus", tuple(str(c) for c in self.corpus))
         need(self.dtype in ("fp32", "bf16"), "dtype", "'fp32' or 'bf16'")
         need(self.device in ("auto", "cpu", "cuda"), "device", "'auto', 'cpu' or 'cuda'")
         need(260 < self.vocab_size <= 65536, "vocab_size", "in (260, 65536] for byte-level BPE")
