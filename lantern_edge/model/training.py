@@ -119,7 +119,7 @@ class TrainConfig:
 
 
 PRESETS: dict[str, dict[str, Any]] = {
-    # ~130k parameters; ~20 s on one CPU core: what the tests train (tests/conftest.py)
+    # 132k parameters; ~30 s on one CPU core: what the tests train (tests/conftest.py)
     "tiny": dict(vocab_size=512, hidden_size=64, num_heads=4, intermediate_size=128,
                  num_blocks=2, window_size=16, max_position=256, max_global_tokens=8,
                  seq_len=64, batch_size=16, lr=3e-3, warmup_steps=20, max_steps=400,
