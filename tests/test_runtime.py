@@ -116,16 +116,21 @@ def test_adaptive_greedy_matches_the_reference_controller_in_every_band(tiny, ti
     assert {tuple(t.iterations) for t in result.trace} != {(2, 2)}    # halting stopped some
 
 
-def test_io_bound_decode_equals_the_plain_session_path(tiny_artifacts):
-    """The bound one-token path (bindings.py) against session.run on the same graphs: mixed
-    depths, halting, THINK tokens, three windows long; logits, KV, MC step and signals."""
+@pytest.mark.parametrize("path", ["io_binding", "kv_on_device"])
+def test_decode_paths_equal_the_plain_session_path(tiny_artifacts, path):
+    """The one-token decode paths against session.run on the same graphs: IO binding to host
+    buffers (bindings.py, the CPU default) and the device-resident KV of the CUDA provider
+    (device_kv.py, here on CPU OrtValues). Mixed depths, halting, THINK tokens, three windows
+    long, then a multi-token chunk; logits, KV, MC step and signals."""
     from lantern_edge.runtime.artifacts import open_artifacts
     from lantern_edge.runtime.engine import Engine
     artifacts = open_artifacts(tiny_artifacts)
     cfg = artifacts.model_config
-    bound, plain = Engine(artifacts), Engine(artifacts)
+    bound = Engine(artifacts, kv_on_device=path == "kv_on_device")
+    plain = Engine(artifacts)
     plain._decode = None
-    assert bound._decode is not None
+    assert (bound._decode is not None) == (path == "io_binding")
+    assert (bound._device is not None) == (path == "kv_on_device")
     rng = np.random.default_rng(0)
     prompt = rng.integers(4, cfg.vocab_size, 5)
     prompt[0] = cfg.bos_token_id
@@ -145,17 +150,40 @@ def test_io_bound_decode_equals_the_plain_session_path(tiny_artifacts):
         np.testing.assert_allclose(a.logits, b.logits, rtol=0, atol=1e-6)
         np.testing.assert_allclose(a.mc_input, b.mc_input, rtol=0, atol=1e-6)
         sa, sb = bound.signals(a.logits[-1:], weights), plain.signals(b.logits[-1:], weights)
-        assert sa is bound._decode.signal_buffers                   # the bound session ran
+        if path == "io_binding":
+            assert sa is bound._decode.signal_buffers               # the bound session ran
         for name in sa:
             np.testing.assert_allclose(sa[name], sb[name], rtol=1e-6, atol=1e-6)
         if t % 10 == 0:
             np.testing.assert_allclose(bound.mc_logits(a, masks), plain.mc_logits(b, masks),
                                        rtol=0, atol=1e-5)
+    chunk = [bound.feed(tokens[:4], cfg.steps_base), plain.feed(tokens[:4], cfg.steps_base)]
+    np.testing.assert_allclose(chunk[0].logits, chunk[1].logits, rtol=0, atol=1e-6)
+    if path == "kv_on_device":
+        bound._device.download()
     np.testing.assert_allclose(bound.kv.keys, plain.kv.keys, rtol=0, atol=1e-6)
     np.testing.assert_allclose(bound.kv.values, plain.kv.values, rtol=0, atol=1e-6)
     assert np.array_equal(bound.kv.slot_pos, plain.kv.slot_pos)
     assert bound.kv.global_count == plain.kv.global_count == 3
     assert halted > 0                                      # halting really cut some iterations
+
+
+def test_kv_write_graph_is_valid_onnx():
+    import onnx
+    from lantern_edge.runtime.device_kv import kv_write_model
+    model = onnx.load_from_string(kv_write_model())
+    onnx.checker.check_model(model, full_check=True)
+    assert [n.op_type for n in model.graph.node] == ["Reshape", "Expand", "ScatterND"] * 2
+    session = ort.InferenceSession(kv_write_model(), providers=["CPUExecutionProvider"])
+    past = np.zeros((3, 2, 5, 4), np.float32)
+    key = np.arange(8, dtype=np.float32).reshape(1, 2, 1, 4)
+    indices = np.array([[[i, h, 4] for h in range(2)] for i in (1, 2)], np.int64)
+    out = session.run(None, {"past_key": past, "past_value": past, "key": key, "value": -key,
+                             "update_shape": np.array([1, 2, 4]),
+                             "expand_shape": np.array([2, 2, 4]), "indices": indices})
+    expected = past.copy()
+    expected[1:, :, 4] = key[0, :, 0]
+    assert np.array_equal(out[0], expected) and np.array_equal(out[1], -expected)
 
 
 # --- each band's action, forced by thresholds ---------------------------------------------------
@@ -361,8 +389,14 @@ def test_cuda_provider_matches_cpu(tiny_artifacts):
     cpu = Runtime(tiny_artifacts, providers=["CPUExecutionProvider"])
     gpu = Runtime(tiny_artifacts)
     assert gpu.providers[0] == "CUDAExecutionProvider"
-    kw = dict(max_new_tokens=32, adaptive=False)
-    assert gpu.generate("def f(x):", **kw).token_ids == cpu.generate("def f(x):", **kw).token_ids
+    assert gpu.engine._device is not None and gpu.engine._device.device == "cuda"
+    assert "cuda" in gpu.engine._device.keys[0].device_name().lower()      # KV on the device
+    long = dict(max_new_tokens=4 * gpu.config.window_size, adaptive=False, eos_token_id=None)
+    deep = dict(max_new_tokens=12, tau_low=-1e9, tau_mid=-1e9, tau_high=-1e9)  # THINK, deepen
+    for kw in (long, deep):
+        a, b = gpu.generate("def f(x):", **kw), cpu.generate("def f(x):", **kw)
+        assert a.token_ids == b.token_ids
+        assert [t.deep_iterations for t in a.trace] == [t.deep_iterations for t in b.trace]
 
 
 # --- torch-free runtime and the CLI ---------------------------------------------------------------

@@ -22,6 +22,7 @@ import onnxruntime as ort
 from ..errors import ArtifactError
 from .artifacts import Artifacts
 from .bindings import DecodeBindings
+from .device_kv import DeviceDecode
 from .kv_state import KVState
 
 
@@ -65,9 +66,27 @@ def resolve_providers(providers: list[str] | None) -> list[str]:
     return list(providers)
 
 
+def session_options(threads: int) -> ort.SessionOptions:
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    # Several sessions with spinning pools fight over 2 cores (PERF_NOTES.md).
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.log_severity_level = 3
+    return options
+
+
 class Engine:
+    """The sessions of one artifacts directory and their KV state.
+
+    kv_on_device: keep the KV state in device memory and decode through device_kv.py; None
+    (default) does so on the CUDA provider. True on the CPU provider runs the same code on CPU
+    OrtValues (how the tests cover it without a GPU).
+    """
+
     def __init__(self, artifacts: Artifacts, precision: str = "fp32",
-                 providers: list[str] | None = None, intra_op_threads: int | None = None):
+                 providers: list[str] | None = None, intra_op_threads: int | None = None,
+                 *, kv_on_device: bool | None = None):
         self.artifacts = artifacts
         self.config = cfg = artifacts.model_config
         self.providers = resolve_providers(providers)
@@ -76,14 +95,9 @@ class Engine:
         threads = intra_op_threads or 1
 
         def session(path, n_threads=threads):
-            options = ort.SessionOptions()
-            options.intra_op_num_threads = n_threads
-            options.inter_op_num_threads = 1
-            # Several sessions with spinning pools fight over 2 cores (PERF_NOTES.md).
-            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-            options.log_severity_level = 3
             try:
-                return ort.InferenceSession(str(path), options, providers=self.providers)
+                return ort.InferenceSession(str(path), session_options(n_threads),
+                                            providers=self.providers)
             except Exception as e:  # ORT raises its own Fail/InvalidGraph types
                 raise ArtifactError(f"onnxruntime cannot load {path}: {e}") from e
 
@@ -98,11 +112,19 @@ class Engine:
         self.kv = KVState(cfg)
         self.timer = CallTimer()
         self.think_id = cfg.think_token_id
-        self._decode = (DecodeBindings(self) if self.providers[0] == "CPUExecutionProvider"
+        device = {"CUDAExecutionProvider": "cuda"}.get(self.providers[0])
+        if kv_on_device is None:
+            kv_on_device = device is not None
+        self._device = (DeviceDecode(self, device or "cpu", session_options(threads))
+                        if kv_on_device else None)
+        self._decode = (DecodeBindings(self)
+                        if self._device is None and self.providers[0] == "CPUExecutionProvider"
                         else None)
 
     def reset(self) -> None:
         self.kv.reset()
+        if self._device is not None:
+            self._device.fresh = False
 
     def _run(self, name: str, sess: ort.InferenceSession, feeds: dict) -> list[np.ndarray]:
         start = time.perf_counter()
@@ -126,12 +148,25 @@ class Engine:
         With a halting threshold (one token only), a block stops after iteration i
         (i + 1 >= min_iterations) once its p_halt >= threshold.
         """
-        cfg, kv = self.config, self.kv
         ids = np.asarray(ids, dtype=np.int64)
         length = len(ids)
-        self.check_step(kv.length + length - 1, depth)
+        self.check_step(self.kv.length + length - 1, depth)
         if length == 1 and self._decode is not None:
             return self._decode.feed(int(ids[0]), depth, halting_threshold, min_iterations)
+        if length == 1 and self._device is not None:
+            return self._device.feed(int(ids[0]), depth, halting_threshold, min_iterations)
+        if self._device is not None:
+            self._device.download()          # the host path below reads and writes host KV
+            try:
+                return self._feed_host(ids, depth, halting_threshold, min_iterations)
+            finally:
+                self._device.upload()
+        return self._feed_host(ids, depth, halting_threshold, min_iterations)
+
+    def _feed_host(self, ids: np.ndarray, depth: int, halting_threshold: float | None,
+                   min_iterations: int) -> FeedResult:
+        cfg, kv = self.config, self.kv
+        length = len(ids)
         positions = np.arange(kv.length, kv.length + length, dtype=np.int64)
         new_global = positions == 0
         if self.think_id is not None:
@@ -171,6 +206,9 @@ class Engine:
         """[S, V] logits of the newest token's last-block last iteration re-run with masks."""
         cfg, kv = self.config, self.kv
         b, i = cfg.num_blocks - 1, step.iterations[-1] - 1
+        if self._device is not None:
+            hidden = self._device.mc_hidden(step, masks)
+            return self._run("lm_head", self.lm_head, {"hidden": hidden})[0][:, 0]
         positions = np.array([step.position], dtype=np.int64)
         bias = kv.attn_bias(positions, np.array([step.is_global]))
         hidden = self._run("mc_step", self.mc, {

@@ -1,0 +1,230 @@
+"""One-token decode with the KV state resident on the accelerator (CUDA provider).
+
+Every (block, iteration)'s keys and values live in device memory (one OrtValue [R, H, K, D] per
+block and kind, R = steps_reasoning, K = W + G); the block graphs read them in place through IO
+binding (a pointer into the block's buffer), the hidden states ping-pong between two device
+buffers, and only a few bytes cross to the host per call (token id, position, the bias row,
+p_halt) plus the logits the controller needs. New keys/values are written into their slots on
+the device by a tiny ScatterND graph whose output is bound to its own input buffer, so the
+write happens in place (ORT's ScatterND skips its input copy when input and output coincide;
+were it to copy, the result would still be correct). Prefill and any multi-token feed run on
+the host KV (engine.py) and upload it once.
+
+The runtime may not import onnx, so that one helper graph is encoded here directly as ONNX
+protobuf bytes (a handful of fields). Run with device="cpu" the same code drives CPU OrtValues,
+which is how the tests check it without a GPU. numpy + onnxruntime only.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING
+
+import numpy as np
+import onnxruntime as ort
+
+if TYPE_CHECKING:
+    from .engine import Engine, FeedResult
+
+FLOAT, INT64 = 1, 7                       # onnx TensorProto.DataType
+
+
+# --- the KV write graph, as protobuf bytes --------------------------------------------------------
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, n = n & 0x7F, n >> 7
+        out.append(byte | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def _int(field: int, value: int) -> bytes:
+    return _varint(field << 3) + _varint(value)
+
+
+def _bytes(field: int, payload: bytes | str) -> bytes:
+    payload = payload.encode() if isinstance(payload, str) else payload
+    return _varint(field << 3 | 2) + _varint(len(payload)) + payload
+
+
+def _value_info(name: str, elem_type: int, dims: list[str]) -> bytes:
+    shape = b"".join(_bytes(1, _bytes(2, d)) for d in dims)          # Dimension.dim_param
+    tensor = _int(1, elem_type) + _bytes(2, shape)                     # TypeProto.Tensor
+    return _bytes(1, name) + _bytes(2, _bytes(1, tensor))              # ValueInfoProto
+
+
+def _node(op: str, inputs: list[str], outputs: list[str]) -> bytes:
+    return (b"".join(_bytes(1, i) for i in inputs) + b"".join(_bytes(2, o) for o in outputs)
+            + _bytes(3, f"{op}_{outputs[0]}") + _bytes(4, op))
+
+
+def kv_write_model() -> bytes:
+    """ModelProto: key_out = ScatterND(past_key, indices, Expand(Reshape(key, update_shape),
+    expand_shape)), and the same for values. indices [N, H, 3] = (iteration, head, slot)."""
+    nodes, inputs, outputs = [], [], []
+    for kind in ("key", "value"):
+        nodes += [_node("Reshape", [kind, "update_shape"], [f"{kind}_rows"]),
+                  _node("Expand", [f"{kind}_rows", "expand_shape"], [f"{kind}_updates"]),
+                  _node("ScatterND", [f"past_{kind}", "indices", f"{kind}_updates"],
+                        [f"{kind}_out"])]
+        inputs += [_value_info(f"past_{kind}", FLOAT, ["R", "H", "K", "D"]),
+                   _value_info(kind, FLOAT, ["S", "H", "T", "D"])]
+        outputs.append(_value_info(f"{kind}_out", FLOAT, ["R", "H", "K", "D"]))
+    inputs += [_value_info("update_shape", INT64, ["three_a"]),
+               _value_info("expand_shape", INT64, ["three_b"]),
+               _value_info("indices", INT64, ["N", "H", "three_c"])]
+    graph = (b"".join(_bytes(1, n) for n in nodes) + _bytes(2, "lantern_kv_write")
+             + b"".join(_bytes(11, i) for i in inputs) + b"".join(_bytes(12, o) for o in outputs))
+    opset = _bytes(1, "") + _int(2, 17)
+    return _int(1, 8) + _bytes(2, "lantern-edge") + _bytes(7, graph) + _bytes(8, opset)
+
+
+# --- the device decode path -------------------------------------------------------------------------
+
+class DeviceDecode:
+    """Engine.feed for one token with the KV state on `device` ("cuda", or "cpu" in tests)."""
+
+    def __init__(self, engine: Engine, device: str, session_options: ort.SessionOptions):
+        cfg, kv = engine.config, engine.kv
+        self.engine, self.device = engine, device
+        blocks, depth, heads, head_dim = (cfg.num_blocks, cfg.steps_reasoning, cfg.num_heads,
+                                          cfg.head_dim)
+        stored = kv.keys.shape[3]
+        self.item = heads * stored * head_dim * 4                      # bytes per iteration
+
+        def on_device(shape):
+            return ort.OrtValue.ortvalue_from_numpy(np.zeros(shape, np.float32), device, 0)
+        # zero-filled: masked slots still enter probs @ V, and 0 * garbage could be NaN
+        self.keys = [on_device((depth, heads, stored, head_dim)) for _ in range(blocks)]
+        self.values = [on_device((depth, heads, stored, head_dim)) for _ in range(blocks)]
+        self.hidden = [on_device((1, 1, cfg.hidden_size)) for _ in range(2)]
+        self.key, self.value = on_device((1, heads, 1, head_dim)), on_device((1, heads, 1, head_dim))
+        self.ids = np.zeros(1, np.int64)
+        self.position = np.zeros(1, np.int64)
+        self.bias = np.zeros((1, stored + 1), np.float32)
+        has_halt = "halt" in {o.name for o in engine.blocks[0].get_outputs()}
+        self.halt = np.zeros((1, 1), np.float32) if has_halt else None
+        self.logits = np.zeros((1, 1, cfg.vocab_size), np.float32)
+        self.update_shape = np.array([1, heads, head_dim], np.int64)
+        # indices[i]: rows (iteration, head, slot) for iterations i..R-1: writing the newest
+        # iteration's KV into every deeper one as well is the carried-KV policy for free
+        self.indices = [np.stack(np.meshgrid(np.arange(i, depth), np.arange(heads), [0],
+                                             indexing="ij"), axis=-1)[:, :, 0].astype(np.int64)
+                        for i in range(depth)]
+        self.expand = [np.array([depth - i, heads, head_dim], np.int64) for i in range(depth)]
+        self.writer = ort.InferenceSession(kv_write_model(), session_options,
+                                           providers=engine.providers)
+        self.embed = self._bind(engine.embed, {"input_ids": self.ids, "positions": self.position},
+                                {"hidden": self.hidden[0]})
+        self.block_bindings = [[[self._bind(session, {
+            "hidden": self.hidden[p], "positions": self.position,
+            "past_key": (self.keys[b], i), "past_value": (self.values[b], i),
+            "attn_bias": self.bias}, {"hidden_out": self.hidden[1 - p], "key": self.key,
+                                      "value": self.value, "halt": self.halt})
+            for p in (0, 1)] for i in range(depth)] for b, session in enumerate(engine.blocks)]
+        self.writes = [[self._bind(self.writer, {
+            "past_key": self.keys[b], "past_value": self.values[b], "key": self.key,
+            "value": self.value, "update_shape": self.update_shape,
+            "expand_shape": self.expand[i], "indices": self.indices[i]},
+            {"key_out": self.keys[b], "value_out": self.values[b]}) for i in range(depth)]
+            for b in range(blocks)]
+        self.lm_head = [self._bind(engine.lm_head, {"hidden": self.hidden[p]},
+                                   {"logits": self.logits}) for p in (0, 1)]
+        self.mc_parity = 0
+        self.fresh = False                   # device KV newer than the host copy
+
+    def _bind(self, session, inputs: dict, outputs: dict) -> ort.IOBinding:
+        """Bind numpy arrays (host), OrtValues (device) and (OrtValue, iteration) pointers."""
+        binding = session.io_binding()
+        for name, value in inputs.items():
+            self._bind_one(binding.bind_input, name, value)
+        for name, value in outputs.items():
+            if value is not None:
+                self._bind_one(binding.bind_output, name, value)
+        return binding
+
+    def _bind_one(self, bind, name, value) -> None:
+        if isinstance(value, np.ndarray):
+            bind(name, "cpu", 0, value.dtype, list(value.shape), value.ctypes.data)
+            return
+        offset = 0
+        if isinstance(value, tuple):                              # one iteration of a block
+            value, iteration = value
+            offset = iteration * self.item
+            shape = value.shape()[1:]
+        else:
+            shape = value.shape()
+        bind(name, self.device, 0, np.float32, list(shape), value.data_ptr() + offset)
+
+    def _run(self, name: str, session, binding) -> None:
+        start = time.perf_counter()
+        session.run_with_iobinding(binding)
+        self.engine.timer.add(name, time.perf_counter() - start)
+
+    def upload(self) -> None:
+        """Host KV (after a prefill on the host) -> device."""
+        for b in range(len(self.keys)):
+            self.keys[b].update_inplace(self.engine.kv.keys[b])
+            self.values[b].update_inplace(self.engine.kv.values[b])
+        self.fresh = False
+
+    def download(self) -> None:
+        """Device KV -> host, before a multi-token feed or a host-side read."""
+        if self.fresh:
+            for b in range(len(self.keys)):
+                self.engine.kv.keys[b] = self.keys[b].numpy()
+                self.engine.kv.values[b] = self.values[b].numpy()
+            self.fresh = False
+
+    def feed(self, token: int, depth: int, halting_threshold: float | None,
+             min_iterations: int) -> FeedResult:
+        from .engine import FeedResult
+
+        engine, kv = self.engine, self.engine.kv
+        position = kv.length
+        is_global = position == 0 or token == engine.think_id
+        slot = kv.slot_for(position, is_global)
+        self.ids[0], self.position[0] = token, position
+        kv.decode_bias(position, self.bias[0])
+        for rows in self.indices:
+            rows[:, :, 2] = slot
+        self._run("embed", engine.embed, self.embed)
+        parity, iterations, halting = 0, [], []
+        for b, rows in enumerate(self.block_bindings):
+            done, p_halt = 0, None
+            for i in range(depth):
+                if b == len(self.block_bindings) - 1:
+                    self.mc_parity = parity
+                self._run("block", engine.blocks[b], rows[i][parity])
+                parity = 1 - parity
+                self._run("kv_write", self.writer, self.writes[b][i])
+                done = i + 1
+                if self.halt is not None:
+                    p_halt = float(self.halt[0, 0])
+                if (halting_threshold is not None and p_halt is not None
+                        and done >= min_iterations and p_halt >= halting_threshold):
+                    break
+            iterations.append(done)
+            halting.append(p_halt)
+        kv.commit_slot(position, slot, is_global)
+        self.fresh = True
+        self._run("lm_head", engine.lm_head, self.lm_head[parity])
+        mc_input = np.array(self.hidden[self.mc_parity].numpy(), copy=True)   # [1, 1, C]
+        return FeedResult(self.logits[0], iterations, halting, position, is_global, mc_input)
+
+    def mc_hidden(self, step: FeedResult, masks: dict[str, np.ndarray]) -> np.ndarray:
+        """mc_step's hidden_out [S, 1, C] for the newest token, reading the device KV."""
+        engine, kv, cfg = self.engine, self.engine.kv, self.engine.config
+        b, i = cfg.num_blocks - 1, step.iterations[-1] - 1
+        bias = kv.attn_bias(np.array([step.position]), np.array([step.is_global]))
+        samples = masks["mask_attn_out"].shape[0]
+        out = np.zeros((samples, 1, cfg.hidden_size), np.float32)
+        binding = self._bind(engine.mc, {
+            "hidden": np.ascontiguousarray(step.mc_input, np.float32),
+            "positions": np.array([step.position], np.int64),
+            "past_key": (self.keys[b], i), "past_value": (self.values[b], i),
+            "attn_bias": bias, **masks}, {"hidden_out": out})
+        self._run("mc_step", engine.mc, binding)
+        return out
