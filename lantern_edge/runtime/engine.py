@@ -105,9 +105,12 @@ class Engine:
         self.blocks = [session(artifacts.graph(precision, "blocks", b))
                        for b in range(cfg.num_blocks)]
         self.mc = session(artifacts.graph(precision, "mc_step"))
-        # The LM head is the one graph where a second thread clearly pays (PERF_NOTES.md).
-        self.lm_head = session(artifacts.graph(precision, "lm_head"),
-                               intra_op_threads or 2)
+        # One thread per session by default, the LM head included: PERF_NOTES.md saw a second
+        # thread pay for a 4096-vocab head on an idle machine, but with spinning off (needed so
+        # the sessions do not fight) and another process on the second core it measured slower
+        # here (42.6 us at 1 thread vs 49.5 us at 2; benchmarks/bench_runtime.py: 2,965 vs 2,901
+        # tok/s). intra_op_threads=2 gives every session two threads.
+        self.lm_head = session(artifacts.graph(precision, "lm_head"))
         self.uncertainty = session(artifacts.graph(precision, "uncertainty"))
         self.kv = KVState(cfg)
         self.timer = CallTimer()
