@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 
 from ..errors import LanternError
@@ -21,6 +22,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="artifacts directory or its model.onnx (default: the shipped model)")
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--stop", action="append", default=None, metavar="TEXT",
+                   help="stop once the new text contains TEXT (repeatable)")
     p.add_argument("--do-sample", action="store_true", help="sample instead of greedy decoding")
     p.add_argument("--temperature", type=float, default=None)
     p.add_argument("--top-k", type=int, default=None)
@@ -43,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     from .generate import Runtime
     overrides = {"max_new_tokens": args.max_new_tokens, "seed": args.seed,
                  "adaptive": not args.no_adaptive, "do_sample": args.do_sample}
-    for name in ("temperature", "top_k", "top_p"):
+    for name in ("temperature", "top_k", "top_p", "stop"):
         if getattr(args, name) is not None:
             overrides[name] = getattr(args, name)
     try:
@@ -54,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
             out = {k: v for k, v in dataclasses.asdict(result).items()}
             print(json.dumps(out, indent=1))
             return 0
-        colour = args.trace and sys.stdout.isatty() and "NO_COLOR" not in __import__("os").environ
+        colour = args.trace and sys.stdout.isatty() and "NO_COLOR" not in os.environ
         trace = []
         for token in runtime.stream(args.prompt, **overrides):
             trace.append(token.trace)
@@ -66,12 +69,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"lantern-edge generate: {e}", file=sys.stderr)
         return 2
     if args.trace:
-        print(_summary(trace))
+        print(_summary(trace, colour))
     return 0
 
 
-def _summary(trace) -> str:
-    lines = ["", f"{'band':<10} {'tokens':>6} {'mean U':>7} {'iters/blk':>9} {'MC':>3} {'THINK':>5}"]
+def _summary(trace, colour: bool) -> str:
+    """Per-band table: tokens, mean U, block iterations per token (cheap + deep), MC, THINK."""
+    lines = ["", f"{'band':<10} {'tokens':>6} {'mean U':>7} {'iters/blk':>9} {'MC':>3} "
+                 f"{'THINK':>5} {'deep':>4}"]
     for band in ("confident", "moderate", "high", "very_high", None):
         rows = [t for t in trace if t.band == band]
         if not rows:
@@ -80,9 +85,9 @@ def _summary(trace) -> str:
         mean_u = sum(t.u for t in rows) / len(rows) if band else float("nan")
         iters = sum((sum(t.iterations) + sum(t.deep_iterations or ())) / len(t.iterations)
                     for t in rows) / len(rows)
-        lines.append(f"{_colour(f'{name:<10}', band, sys.stdout.isatty())} {len(rows):>6} "
+        lines.append(f"{_colour(f'{name:<10}', band, colour)} {len(rows):>6} "
                      f"{mean_u:>7.2f} {iters:>9.2f} {sum(t.mc_samples > 0 for t in rows):>3} "
-                     f"{sum(t.think_injected for t in rows):>5}")
+                     f"{sum(t.think_injected for t in rows):>5} {sum(t.deepened for t in rows):>4}")
     total_us = sum(t.microseconds for t in trace)
     if trace:
         lines.append(f"{len(trace)} tokens, {len(trace) / (total_us / 1e6):.0f} tok/s")

@@ -97,8 +97,9 @@ class Runtime:
         if path is None:
             if not (DEFAULT_MODEL_DIR / "lantern.json").exists():
                 raise ArtifactError(
-                    "this install has no shipped default model (lantern_edge/default_model); "
-                    "pass an artifacts directory made by `lantern-export CHECKPOINT -o DIR`")
+                    "this install has no shipped default model (lantern_edge/default_model) yet; "
+                    "pass an artifacts directory made by `lantern-export CHECKPOINT -o DIR` "
+                    "(Runtime(DIR), or `lantern-edge generate --model DIR`)")
             path = DEFAULT_MODEL_DIR
         self.artifacts = open_artifacts(path, precision)
         self.config = self.artifacts.model_config
