@@ -25,6 +25,7 @@ and, when present, the upstream fixture (a trained char-level model: a real band
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import sys
 import tempfile
@@ -33,7 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from lantern_edge import Runtime
-from lantern_edge.errors import TokenizerError
+from lantern_edge.errors import ArtifactError, TokenizerError
 
 REPO = Path(__file__).resolve().parents[1]
 UPSTREAM = REPO.parent / "shared" / "fixtures" / "upstream_lantern_small" / "checkpoint.pt"
@@ -120,6 +121,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, nargs="+", default=[1, 2],
                    help="intra-op threads per session (0: the runtime's default)")
+    p.add_argument("--precision", nargs="+", default=["fp32"], choices=["fp32", "int8"],
+                   help="graph precisions to run (int8: built with `lantern-edge quantize`)")
     p.add_argument("--json", help="also write the results to this file")
     args = p.parse_args(argv)
 
@@ -127,19 +130,24 @@ def main(argv: list[str] | None = None) -> int:
         models = ({Path(m).name: Path(m) for m in args.model} if args.model
                   else build_models(Path(tmp)))
         results = []
-        for name, path in models.items():
-            for threads in args.threads:
-                runtime = Runtime(path, intra_op_threads=threads or None,
+        for (name, path), precision, threads in itertools.product(
+                models.items(), args.precision, args.threads):
+            try:
+                runtime = Runtime(path, intra_op_threads=threads or None, precision=precision,
                                   providers=["CPUExecutionProvider"])
-                prompt = prompt_ids(runtime, args.prompt)
-                modes = {"fixed": dict(adaptive=False), "adaptive": {},
-                         "calibrated": calibrated(runtime, prompt, args.tokens),
-                         **FORCED}
-                for mode, row in measure(runtime, prompt, args.tokens, args.repeats,
-                                         modes).items():
-                    results.append({"model": name, "threads": threads or "default",
-                                    "mode": mode, **row})
-                    print_row(results[-1], results)
+            except ArtifactError as e:                  # e.g. no int8 graphs: say so, go on
+                print(f"{name} {precision}: skipped: {e}")
+                continue
+            prompt = prompt_ids(runtime, args.prompt)
+            modes = {"fixed": dict(adaptive=False), "adaptive": {},
+                     "calibrated": calibrated(runtime, prompt, args.tokens),
+                     **FORCED}
+            for mode, row in measure(runtime, prompt, args.tokens, args.repeats,
+                                     modes).items():
+                results.append({"model": name + ("" if precision == "fp32" else "/int8"),
+                                "threads": threads or "default",
+                                "mode": mode, **row})
+                print_row(results[-1], results)
         if args.json:
             Path(args.json).write_text(json.dumps(results, indent=1) + "\n")
     return 0
