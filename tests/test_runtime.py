@@ -307,6 +307,17 @@ def test_stream_yields_what_generate_returns(tiny):
     assert result.stats["new_tokens"] == 10 and 0 <= result.stats["controller_overhead"] < 1
 
 
+def test_stream_checks_options_eagerly_and_a_second_stream_takes_over(tiny):
+    with pytest.raises(ValueError, match="max_new_tokens must be an int >= 1"):
+        tiny.stream("x", max_new_tokens=0)                    # before any next()
+    first = tiny.stream("x = ", max_new_tokens=5, adaptive=False)
+    next(first)
+    second = [t.token_id for t in tiny.stream("y = ", max_new_tokens=3, adaptive=False)]
+    assert second == tiny.generate("y = ", max_new_tokens=3, adaptive=False).token_ids
+    with pytest.raises(RuntimeError, match="another generate"):
+        next(first)
+
+
 # --- validation and errors ----------------------------------------------------------------------
 
 @pytest.mark.parametrize("option, value, fragment", [

@@ -88,7 +88,26 @@ class _TextStream:
 
 
 class Runtime:
-    """A LANTERN model ready to generate: `Runtime("artifacts/")` or `Runtime()` for the default."""
+    """A LANTERN model ready to generate.
+
+    Example:
+        >>> rt = Runtime("artifacts/tiny")                       # or .../model.onnx
+        >>> result = rt.generate("def fibonacci(n):", max_new_tokens=32, seed=0)
+        >>> print(result.text, result.stats["band_counts"])
+
+    Args:
+        path: the artifacts directory or its model.onnx; None: the shipped default model.
+        providers: ONNX Runtime execution providers; None: CUDA when available, else CPU.
+        precision: "fp32", or "int8" for the quantized graphs listed in the manifest.
+        intra_op_threads: threads per session; None: one (measured fastest, README).
+
+    Raises:
+        ArtifactError: missing or corrupt artifacts (names the file and the fix).
+        ValueError: an unknown precision or an unavailable provider.
+
+    One generation at a time: the KV state belongs to the Runtime, so starting a new
+    generate()/stream() ends any stream still running on it (it raises on its next step).
+    """
 
     def __init__(self, path: str | os.PathLike | None = None, *, providers: list[str] | None = None,
                  precision: str = "fp32", intra_op_threads: int | None = None):
@@ -170,12 +189,24 @@ class Runtime:
         return np.asarray(ids, dtype=np.int64)
 
     def stream(self, prompt: str | Sequence[int], **overrides) -> Iterator[StreamedToken]:
-        """Yield each new token as soon as it is decided (see generate for the options)."""
+        """An iterator of StreamedToken (text piece, id, trace entry), each yielded as soon as
+        it is decided. Options and prompt are checked now, not at the first next()."""
         options = self.options(**overrides)
-        yield from self._stream(self.encode(prompt), options, {})
+        return self._stream(self.encode(prompt), options, {})
 
     def generate(self, prompt: str | Sequence[int], **overrides) -> GenerationResult:
-        """Generate up to max_new_tokens after the prompt; options: GenerationOptions fields."""
+        """Generate up to max_new_tokens new tokens after the prompt.
+
+        Args:
+            prompt: text, or token ids (BOS is prepended when the model has one).
+            **overrides: GenerationOptions fields, over the manifest's defaults.
+
+        Returns:
+            GenerationResult: new text and ids only, the per-token trace, stop_reason, stats.
+
+        Raises:
+            ValueError: a bad option (named, with its valid range) or prompt.
+        """
         options = self.options(**overrides)
         ids = self.encode(prompt)
         info: dict = {}
@@ -197,6 +228,7 @@ class Runtime:
         engine, eos = self.engine, options.eos_token_id
         rng = np.random.default_rng(options.seed)
         mask_seed = options.seed if options.seed is not None else int(rng.integers(2**31))
+        self._active = active = object()
         engine.reset()
         text = _TextStream(self.tokenizer)
         halting = options.halting_threshold if (options.adaptive and options.use_halting) else None
@@ -225,6 +257,10 @@ class Runtime:
             if engine.kv.length >= self.config.max_position:
                 info["stop_reason"] = "max_position"
                 return
+            if self._active is not active:
+                raise RuntimeError("another generate()/stream() started on this Runtime and "
+                                   "took over its KV state; finish one generation before "
+                                   "starting the next, or use one Runtime per stream")
             started = time.perf_counter()
             step = engine.feed(np.array([token]), options.steps_base, halting)
             last_token = token
