@@ -13,6 +13,7 @@ Bands of U = a*H + b*dispersion - c*p_max (DESIGN.md):
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -22,6 +23,7 @@ from .engine import Engine, FeedResult
 from .options import GenerationOptions
 from .sampling import choose, mc_summary, softmax
 
+logger = logging.getLogger(__name__)
 BANDS = ("confident", "moderate", "high", "very_high")
 
 
@@ -94,7 +96,7 @@ class Controller:
                 log_mean = np.log(np.maximum(mean, 1e-30)).astype(np.float32)
                 decision.token = self._choose(log_mean, options, options.temperature, rng)
                 decision.probability = float(mean[decision.token])
-                return decision
+                return _logged(decision, step.position)
             decision.band = "very_high"          # escalated by epistemic uncertainty
         if decision.band == "very_high":
             logits, decision.deep_iterations = self._go_deep(last_token, options, decision)
@@ -103,7 +105,7 @@ class Controller:
             scale = options.refined_temperature if decision.band == "moderate" else 1.0
             decision.token = self._choose(logits, options, options.temperature * scale, rng)
         decision.probability = float(softmax(logits)[decision.token])
-        return decision
+        return _logged(decision, step.position)
 
     def _go_deep(self, last_token: int, options: GenerationOptions, decision: Decision):
         engine, think = self.engine, self.config.think_token_id
@@ -127,3 +129,13 @@ class Controller:
     def _choose(self, logits, options, temperature, rng) -> int:
         return choose(logits, options.do_sample, temperature, options.top_k, options.top_p, rng,
                       self.suppress)
+
+
+def _logged(decision: Decision, position: int) -> Decision:
+    if logger.isEnabledFor(logging.DEBUG):
+        logger.debug("position %d: U=%.3f band=%s U_epi=%s THINK=%s deepened=%s -> %d (p=%.3f)%s",
+                     position, decision.signals["score"], decision.band, decision.u_epistemic,
+                     decision.think_injected, decision.deepened, decision.token,
+                     decision.probability,
+                     f" [{decision.think_skipped}]" if decision.think_skipped else "")
+    return decision
