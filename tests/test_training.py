@@ -294,3 +294,12 @@ def test_bf16_autocast_trains(tmp_path):
     assert all(math.isfinite(v) for v in meta["eval_loss_per_depth"].values())
     ckpt = load_checkpoint(cfg.output)
     assert all(t.dtype == torch.float32 for t in ckpt.state_dict.values() if t.is_floating_point())
+
+
+def test_controller_thresholds_are_calibrated_to_the_model(tiny_checkpoint):
+    """A fresh model's U scale is its own: the bands split held-out tokens ~60/25/10/5."""
+    ckpt = load_checkpoint(tiny_checkpoint)
+    ctl = ckpt.controller_config
+    assert ctl.tau_low < ctl.tau_mid < ctl.tau_high
+    assert [ctl.tau_low, ctl.tau_mid, ctl.tau_high] == ckpt.training["controller_calibration"]["tau"]
+    assert (ctl.tau_low, ctl.tau_mid, ctl.tau_high) != (1.0, 2.0, 3.0)

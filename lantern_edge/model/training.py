@@ -29,9 +29,10 @@ import torch
 import torch.nn.functional as F
 
 from .checkpoint import Checkpoint, load_checkpoint, save_checkpoint
-from .config import ControllerConfig, ModelConfig
+from .config import ModelConfig
 from .corpus import load_corpus
 from .modeling import LanternModel
+from .thresholds import BAND_QUANTILES, calibrate_thresholds
 from .tokenizer import special_token_ids, train_bpe_tokenizer
 
 logger = logging.getLogger(__name__)
@@ -441,8 +442,11 @@ def _train(cfg: TrainConfig, device: torch.device, resume: str | Path | None,
                                       "progress": schedule_progress(cfg, step, loop_seconds),
                                       "lr": optimizer.param_groups[0]["lr"]}}
         Path(cfg.output).parent.mkdir(parents=True, exist_ok=True)
-        save_checkpoint(cfg.output, model, ControllerConfig(), tokenizer.to_str(), meta,
-                        resume_state)
+        controller = calibrate_thresholds(model, val_batches, device)
+        meta["controller_calibration"] = {"band_quantiles": list(BAND_QUANTILES),
+                                          "tau": [controller.tau_low, controller.tau_mid,
+                                                  controller.tau_high]}
+        save_checkpoint(cfg.output, model, controller, tokenizer.to_str(), meta, resume_state)
         return meta
 
     # 3. the loop: batch, depth, losses, step; validation + checkpoint every eval_interval
