@@ -86,12 +86,8 @@ class DecodeBindings:
         from .engine import FeedResult
 
         engine, kv = self.engine, self.engine.kv
-        position = kv.length
-        is_global = position == 0 or token == engine.think_id
-        slot = kv.slot_for(position, is_global)
-        self.ids[0] = token
-        self.position[0] = position
-        kv.decode_bias(position, self.bias[0])
+        position, is_global, slot = kv.begin_token(token, engine.think_id, self.bias[0])
+        self.ids[0], self.position[0] = token, position
         self._run("embed", engine.embed, self.embed)
         keys, values, key, value = kv.keys, kv.values, self.key[0, :, 0], self.value[0, :, 0]
         last_block, deepest = len(self.blocks) - 1, kv.keys.shape[1]

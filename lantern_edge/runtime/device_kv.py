@@ -183,11 +183,8 @@ class DeviceDecode:
         from .engine import FeedResult
 
         engine, kv = self.engine, self.engine.kv
-        position = kv.length
-        is_global = position == 0 or token == engine.think_id
-        slot = kv.slot_for(position, is_global)
+        position, is_global, slot = kv.begin_token(token, engine.think_id, self.bias[0])
         self.ids[0], self.position[0] = token, position
-        kv.decode_bias(position, self.bias[0])
         for rows in self.indices:
             rows[:, :, 2] = slot
         self._run("embed", engine.embed, self.embed)

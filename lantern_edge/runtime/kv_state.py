@@ -58,6 +58,15 @@ class KVState:
         out[:-1][visible] = 0.0
         out[-1] = 0.0                                   # the token sees itself
 
+    def begin_token(self, token: int, think_id: int | None, bias_row: np.ndarray):
+        """One-token decode: (position, is_global, slot) of the next token, with its attention
+        bias written into bias_row [W+G+1]. Shared by the CPU and the device decode paths."""
+        position = self.length
+        is_global = position == 0 or token == think_id
+        slot = self.slot_for(position, is_global)
+        self.decode_bias(position, bias_row)
+        return position, is_global, slot
+
     def slot_for(self, position: int, is_global: bool) -> int:
         """The slot one new token's KV goes to (see slots_for)."""
         if not is_global:
