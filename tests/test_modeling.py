@@ -147,6 +147,26 @@ def test_think_token_is_seen_beyond_the_window(random_model):
     assert torch.equal(last[0], last[2])
 
 
+def test_late_positions_equal_the_same_tokens_inside_a_long_sequence(random_model):
+    """[<bos>, text at off+1..] (how the trainer places late windows) computes what the full
+    sequence computes there, once a token's reach (window 8 x 4 layers) lies inside the text."""
+    ids = _sequence(100)
+    offset, length = 60, 40
+    positions = torch.cat([torch.tensor([0]), torch.arange(offset + 1, offset + length)])
+    window_ids = torch.cat([ids[:1], ids[offset + 1:offset + length]])
+    with torch.no_grad():
+        late = random_model(window_ids[None], positions=positions).logits[0]
+        full = random_model(ids[None]).logits[0, offset + 1:offset + length]
+        shifted = random_model(window_ids[None]).logits[0]        # positions 0..39 instead
+    reach = 4 * 7
+    assert (late[1 + reach:] - full[reach:]).abs().max() <= 1e-5
+    assert (late[1 + reach:] - shifted[1 + reach:]).abs().max() > 1e-3   # positions matter
+    with pytest.raises(ValueError, match=r"positions must have shape \(40,\)"):
+        random_model(window_ids[None], positions=positions[:-1])
+    with pytest.raises(ValueError, match="max_position=160"):
+        random_model(window_ids[None], positions=positions + 130)
+
+
 def test_mc_block_step_with_explicit_masks_is_reproducible(random_model):
     ids = _sequence(12)
     decoder = IncrementalDecoder(random_model)

@@ -16,7 +16,7 @@ from lantern_edge.model.train_cli import main as train_main
 from lantern_edge.model.training import (IGNORE, PRESETS, TrainConfig, compute_losses, evaluate,
                                          halting_bce, halting_targets, insert_think,
                                          learning_rate, make_batch, sample_depth,
-                                         schedule_progress)
+                                         sample_positions, schedule_progress)
 
 # A run small enough for a few seconds: used by the resume and CLI tests.
 QUICK = dict(PRESETS["tiny"], hidden_size=32, intermediate_size=64, seq_len=32, batch_size=4,
@@ -124,6 +124,21 @@ def test_mixed_depth_batches_run_think_tokens_at_reasoning_depth():
     uniform = [sample_depth(TrainConfig(mixed_depth_fraction=0.0), inputs, model_cfg,
                             np.random.default_rng(s)) for s in range(40)]
     assert set(uniform) == {1, 2, 3, 4}
+
+
+def test_late_position_batches_keep_bos_at_0_and_cover_every_position():
+    cfg = TrainConfig(seq_len=16, max_position=64, late_position_fraction=0.5)
+    model_cfg = _model_cfg()
+    drawn = [sample_positions(cfg, model_cfg, np.random.default_rng(s)) for s in range(400)]
+    late = [p for p in drawn if p is not None]
+    assert 120 < len(late) < 280                        # about half the batches
+    for p in late:
+        assert p[0] == 0 and p.shape == (16,) and (p[1:].diff() == 1).all() and p[-1] < 64
+    assert max(int(p[-1]) for p in late) == 63          # the last learned row is reached
+    assert min(int(p[1]) for p in late) == 1
+    never = TrainConfig(seq_len=16, max_position=64, late_position_fraction=0.0)
+    assert all(sample_positions(never, model_cfg, np.random.default_rng(s)) is None
+               for s in range(50))
 
 
 # --- the halting objective ------------------------------------------------------------------

@@ -222,18 +222,25 @@ class LanternModel(nn.Module):
     # --- full-sequence forward --------------------------------------------------------------
 
     def forward(self, ids: torch.Tensor, depth: int | torch.Tensor | None = None,
-                dropout_masks: DropoutMasks | None = None) -> ModelOutput:
-        """Full forward over ids (B, T) from position 0.
+                dropout_masks: DropoutMasks | None = None,
+                positions: torch.Tensor | None = None) -> ModelOutput:
+        """Full forward over ids (B, T), by default at positions 0..T-1.
 
         depth: iterations per block; an int (uniform, default steps_base) or a LongTensor
         broadcastable to (num_blocks, B, T) for per-token depth (carried-KV policy).
+        positions: increasing LongTensor (T,) shared by the batch. The trainer places windows
+        late in the sequence this way ([0, off+1, off+2, ...]: BOS at 0, then text far past
+        the window), so every learned position row is trained.
         """
         cfg = self.config
         batch, length = ids.shape
-        self.check_positions(length - 1)
+        if positions is None:
+            positions = torch.arange(length, device=ids.device)
+        elif positions.shape != (length,):
+            raise ValueError(f"positions must have shape ({length},), got {tuple(positions.shape)}")
+        self.check_positions(int(positions[-1]))
         depth = cfg.steps_base if depth is None else depth
         grid = depth_grid(depth, cfg.num_blocks, batch, length).to(ids.device)
-        positions = torch.arange(length, device=ids.device)
         x = self.embed(ids, positions[None, :], dropout_masks)
         cos, sin = self.rope(positions)
         glob = self.is_global(ids, positions[None, :])

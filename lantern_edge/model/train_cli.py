@@ -33,6 +33,8 @@ FIELD_HELP = {
     "device": "auto picks CUDA when torch sees a GPU",
     "think_rate": "chance per position of a <think> token inserted before it",
     "mixed_depth_fraction": "share of batches trained with a random depth per token",
+    "late_position_fraction": "share of batches placed at a random position offset (trains "
+                              "every learned position row, not only the first seq_len)",
     "halting_weight": "weight of the halting-head loss",
     "eval_interval": "steps between validation runs and checkpoints",
     "eval_batches": "fixed validation batches per depth",

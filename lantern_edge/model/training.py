@@ -77,6 +77,7 @@ class TrainConfig:
     # LANTERN objectives
     think_rate: float = 0.03              # chance per position of a <think> inserted before it
     mixed_depth_fraction: float = 0.25    # batches with a random depth per token
+    late_position_fraction: float = 0.5   # batches placed at a random offset up to max_position
     halting_weight: float = 1.0           # weight of the halting BCE next to the LM loss
     # bookkeeping
     eval_interval: int = 200              # steps between validation runs (and checkpoints)
@@ -110,6 +111,7 @@ class TrainConfig:
         need(self.max_minutes is None or self.max_minutes > 0, "max_minutes", "None or > 0")
         need(0 <= self.think_rate < 0.5, "think_rate", "in [0, 0.5)")
         need(0 <= self.mixed_depth_fraction <= 1, "mixed_depth_fraction", "in [0, 1]")
+        need(0 <= self.late_position_fraction <= 1, "late_position_fraction", "in [0, 1]")
         need(self.halting_weight >= 0, "halting_weight", ">= 0")
         need(self.threads is None or self.threads >= 1, "threads", "None or >= 1")
         self.model_config({})                 # shape fields: ModelConfig names the bad one
@@ -125,7 +127,7 @@ PRESETS: dict[str, dict[str, Any]] = {
                  num_blocks=2, window_size=16, max_position=256, max_global_tokens=8,
                  seq_len=64, batch_size=16, lr=3e-3, warmup_steps=20, max_steps=400,
                  eval_interval=200, eval_batches=4, corpus_max_chars=300_000, think_rate=0.05,
-                 threads=1),
+                 late_position_fraction=0.0, threads=1),
     # the shipped default model (~3.0M parameters)
     "small": dict(vocab_size=4096, hidden_size=256, num_heads=4, intermediate_size=768,
                   num_blocks=2, window_size=128, max_position=1024, max_global_tokens=16,
@@ -203,6 +205,21 @@ def sample_depth(cfg: TrainConfig, inputs: torch.Tensor, model_cfg: ModelConfig,
     return depth
 
 
+def sample_positions(cfg: TrainConfig, model_cfg: ModelConfig,
+                     rng: np.random.Generator) -> torch.Tensor | None:
+    """None (positions 0..seq_len-1), or on late_position_fraction of batches
+    [0, off+1, ..., off+seq_len-1] with off uniform in [0, max_position - seq_len]: <bos> stays
+    at 0 and the text sits far past it, as in a long generation, so that the learned position
+    rows past seq_len are trained too (windows never see further back than window_size)."""
+    room = model_cfg.max_position - cfg.seq_len
+    if room <= 0 or rng.random() >= cfg.late_position_fraction:
+        return None
+    offset = int(rng.integers(0, room + 1))
+    positions = torch.arange(offset, offset + cfg.seq_len)
+    positions[0] = 0
+    return positions
+
+
 def halting_targets(logits_shallow: torch.Tensor, logits_deep: torch.Tensor) -> torch.Tensor:
     """1 where one more iteration leaves the argmax unchanged ("halt now"), else 0; (B, T)."""
     return (logits_shallow.argmax(-1) == logits_deep.argmax(-1)).float()
@@ -225,11 +242,12 @@ class StepLosses:
 
 
 def compute_losses(model: LanternModel, inputs: torch.Tensor, targets: torch.Tensor,
-                   depth: int | torch.Tensor, autocast=None) -> StepLosses:
+                   depth: int | torch.Tensor, autocast=None,
+                   positions: torch.Tensor | None = None) -> StepLosses:
     """The training losses of one batch at ``depth`` (forward under ``autocast``, losses fp32)."""
     autocast = autocast or contextlib.nullcontext()
     with autocast:
-        out = model(inputs, depth)
+        out = model(inputs, depth, positions=positions)
     lm = F.cross_entropy(out.logits.flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE)
     zero = torch.zeros((), device=inputs.device)
     if out.halting is None or not isinstance(depth, int) or depth < 2:
@@ -239,8 +257,8 @@ def compute_losses(model: LanternModel, inputs: torch.Tensor, targets: torch.Ten
     was_training = model.training
     model.eval()
     with torch.no_grad(), autocast:
-        shallow = model(inputs, depth - 1).logits
-        deep = model(inputs, depth).logits
+        shallow = model(inputs, depth - 1, positions=positions).logits
+        deep = model(inputs, depth, positions=positions).logits
     model.train(was_training)
     target = halting_targets(shallow.float(), deep.float())
     return StepLosses(lm, halting_bce(out.halting, depth, target, targets != IGNORE), target)
@@ -462,9 +480,11 @@ def _train(cfg: TrainConfig, device: torch.device, resume: str | Path | None,
                 group["lr"] = lr
             inputs, targets = make_batch(train_ids, cfg, model_cfg, rng, think=True)
             depth = sample_depth(cfg, inputs, model_cfg, rng)
+            positions = sample_positions(cfg, model_cfg, rng)
             inputs, targets = inputs.to(device), targets.to(device)
             depth = depth.to(device) if torch.is_tensor(depth) else depth
-            losses = compute_losses(model, inputs, targets, depth, autocast)
+            positions = positions.to(device) if positions is not None else None
+            losses = compute_losses(model, inputs, targets, depth, autocast, positions)
             optimizer.zero_grad(set_to_none=True)
             (losses.lm + cfg.halting_weight * losses.halting).backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
