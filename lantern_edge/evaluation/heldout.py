@@ -1,0 +1,155 @@
+"""The model under evaluation and its held-out text: a checkpoint and fixed validation windows.
+
+Held-out text is the validation split of the corpus the checkpoint was trained on (by default
+the Python standard library, split by file, so no window shares a line with training), cut
+into evenly spaced windows that start with BOS, as the runtime's sequences do.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..errors import CheckpointError
+from ..model.checkpoint import Checkpoint, load_checkpoint
+from ..model.config import ControllerConfig, ModelConfig
+from ..model.corpus import load_corpus
+from ..model.modeling import LanternModel
+from ..model.training import tokenize
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_CHECKPOINT = Path(__file__).resolve().parents[1] / "default_model" / "checkpoint.pt"
+
+
+@dataclass
+class Evaluated:
+    """A checkpoint loaded for evaluation."""
+
+    path: Path
+    sha256: str
+    model: LanternModel                # eval mode, on CPU
+    controller: ControllerConfig
+    tokenizer_json: str
+    training: dict
+
+    @property
+    def config(self) -> ModelConfig:
+        return self.model.config
+
+
+@dataclass
+class Windows:
+    """Teacher-forced held-out windows: inputs[:, t] predicts targets[:, t]."""
+
+    inputs: torch.Tensor               # (B, T) LongTensor, BOS first when the model has one
+    targets: torch.Tensor              # (B, T) LongTensor
+    description: dict                  # corpus, tokens, windows, where they start
+
+    @property
+    def num_tokens(self) -> int:
+        return int(self.targets.numel())
+
+
+def resolve_checkpoint(path: str | Path | None) -> Path:
+    """The checkpoint to evaluate: path, or the shipped default model's checkpoint.
+
+    Raises:
+        CheckpointError: no path given and no default checkpoint installed, or a missing path.
+    """
+    if path is None:
+        if not DEFAULT_CHECKPOINT.is_file():
+            raise CheckpointError(
+                f"no default checkpoint at {DEFAULT_CHECKPOINT} (this install ships none); pass "
+                f"--checkpoint PATH, e.g. one written by `lantern-edge train -o PATH`")
+        return DEFAULT_CHECKPOINT
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}; pass the .pt file written by "
+                              f"`lantern-edge train`")
+    return path
+
+
+def load_evaluated(path: str | Path | None) -> Evaluated:
+    """Load a checkpoint (ours or upstream) for evaluation; the model is put in eval mode."""
+    path = resolve_checkpoint(path)
+    ckpt: Checkpoint = load_checkpoint(path)
+    if ckpt.tokenizer_json is None:
+        raise CheckpointError(f"{path} has no tokenizer (an upstream checkpoint needs its "
+                              f"vocab.json beside it) so held-out text cannot be encoded")
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    return Evaluated(path, digest, ckpt.build_model(), ckpt.controller_config,
+                     ckpt.tokenizer_json, ckpt.training)
+
+
+def default_window_length(evaluated: Evaluated) -> int:
+    """The training sequence length, leaving room for the THINK tokens the controller may add."""
+    cfg = evaluated.config
+    trained = (evaluated.training.get("train_config") or {}).get("seq_len", 256)
+    return max(2, min(int(trained), cfg.max_position - (cfg.max_global_tokens - 1)))
+
+
+def heldout_stream(evaluated: Evaluated, corpus: list[str] | None = None) -> tuple[np.ndarray, dict]:
+    """The validation split as one id stream (files joined by EOS, as in training).
+
+    Args:
+        evaluated: the checkpoint; its training metadata names its corpus and split.
+        corpus: override the corpus sources (directory or files); None: the checkpoint's own
+            (the Python standard library for the default model).
+    """
+    from tokenizers import Tokenizer
+    train_config = evaluated.training.get("train_config") or {}
+    sources = corpus if corpus is not None else list(train_config.get("corpus") or [])
+    val_fraction = float(train_config.get("val_fraction", 0.05))
+    texts = load_corpus(sources, val_fraction)
+    tokenizer = Tokenizer.from_str(evaluated.tokenizer_json)
+    eos = evaluated.config.eos_token_id
+    if eos is None:
+        raise CheckpointError(
+            f"{evaluated.path} has no EOS token to separate held-out files; `lantern-edge eval` "
+            f"evaluates lantern-edge checkpoints (written by `lantern-edge train`)")
+    stream = tokenize(tokenizer, texts.val, eos)
+    info = {"source": texts.description["source"], "split": texts.description["split"],
+            "files": texts.description["files_val"], "stream_tokens": int(len(stream))}
+    return stream, info
+
+
+def make_windows(stream: np.ndarray, info: dict, config: ModelConfig, tokens: int,
+                 length: int) -> Windows:
+    """Evenly spaced windows over the stream holding about `tokens` predicted tokens.
+
+    Args:
+        stream: held-out ids.
+        info: description of the stream (kept in the result).
+        config: the model's config (BOS id, max_position).
+        tokens: how many tokens to predict in all (rounded up to whole windows).
+        length: tokens per window, BOS included.
+
+    Raises:
+        ValueError: a bad length or too short a stream.
+    """
+    if not 2 <= length <= config.max_position:
+        raise ValueError(f"window length must be in [2, max_position={config.max_position}], "
+                         f"got {length}")
+    if tokens < 1:
+        raise ValueError(f"tokens must be >= 1, got {tokens}")
+    bos = config.bos_token_id
+    body = length - (1 if bos is not None else 0)          # stream tokens per window, + 1 target
+    count = -(-tokens // length)
+    if len(stream) < body + 1:
+        raise ValueError(f"the held-out stream has {len(stream)} tokens, fewer than one window "
+                         f"of {length}; use a shorter --seq-len or a larger corpus")
+    starts = np.linspace(0, len(stream) - body - 1, count).round().astype(np.int64)
+    rows = []
+    for start in starts:
+        piece = stream[start:start + body + 1]
+        rows.append(np.concatenate([[bos], piece]) if bos is not None else piece)
+    batch = torch.from_numpy(np.stack(rows).astype(np.int64))
+    description = dict(info, windows=count, window_length=length,
+                       tokens=count * length, overlap=bool(np.any(np.diff(starts) < body)))
+    return Windows(batch[:, :-1].contiguous(), batch[:, 1:].contiguous(), description)
