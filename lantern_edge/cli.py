@@ -15,6 +15,7 @@ COMMANDS = {
     "corpus": ("lantern_edge.model.corpus", "assemble the training corpus (default: Python stdlib)"),
     "generate": ("lantern_edge.runtime.cli", "generate text with an artifacts directory"),
     "quantize": ("lantern_edge.quantization.cli", "write INT8 graphs beside the fp32 ones"),
+    "eval": ("lantern_edge.evaluation.cli", "is the uncertainty signal a good compute controller?"),
 }
 
 USAGE = "usage: lantern-edge COMMAND [options]\n\ncommands:\n" + "".join(
