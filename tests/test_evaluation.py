@@ -198,8 +198,15 @@ def test_eval_cli_end_to_end(tiny_checkpoint, tmp_path):
     composite = {p["setting"]: p for p in points if p["strategy"] == "composite"}
     assert composite[0.25]["cost"] == pytest.approx(fixed[3]["cost"])    # equal cost: 2 + 0.25 * 4
     assert any(c["versus"] == ["fixed", 3] for c in results["sections"]["compute"]["comparisons"])
-    retrieval = results["sections"]["retrieval"]["conditions"]
-    assert set(retrieval) == {"plain", "think_after_definition", "no_definition"}
+    retrieval = results["sections"]["retrieval"]
+    assert set(retrieval["conditions"]) == {"plain", "think_after_definition", "no_definition",
+                                            "no_definition_think"}
+    assert retrieval["receptive_field"] == 2 * 2 * (16 - 1)           # tiny: window 16
+    rows = retrieval["conditions"]["plain"]
+    assert rows[-1]["beyond_field"] == 1.0
+    far = [r for r, c in zip(rows, retrieval["conditions"]["no_definition"]) if r["beyond_field"] == 1]
+    assert far and all(r["value_loss"] == pytest.approx(c["value_loss"], abs=1e-6)   # invisible
+                       for r, c in zip(far, retrieval["conditions"]["no_definition"][-len(far):]))
     report = (out / "EVAL.md").read_text()
     for heading in ("## Is the uncertainty signal", "## Accuracy vs compute", "## THINK utility",
                     "## Sliding-window retrieval", "Plainly:", "--figure compute"):

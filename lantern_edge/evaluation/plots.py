@@ -138,21 +138,35 @@ def think(section: dict, path: Path) -> Path:
 
 
 def retrieval(section: dict, path: Path) -> Path:
-    """Use-site value accuracy against the definition's distance, in windows."""
+    """Second-value accuracy and loss saved by the definition, against distance in windows."""
     plt = _pyplot()
     window = section["window_size"]
-    fig, ax = plt.subplots(figsize=(5.8, 3.8))
-    styles = {"plain": ("tab:blue", "no THINK"), "think_after_definition":
-              ("tab:green", "THINK after the definition"), "no_definition": ("tab:gray", "no definition (chance)")}
-    for condition, rows in section["conditions"].items():
-        color, label = styles[condition]
-        ax.plot([r["distance"] / window for r in rows], [r["first_token_accuracy"] for r in rows],
-                "o-", color=color, label=label)
-    ax.axvline(1.0, color="black", ls="--", lw=1)
-    ax.text(1.02, 0.95, "window edge", transform=ax.get_xaxis_transform(), fontsize=8, va="top")
-    ax.set_xlabel(f"distance from definition to use (in windows of {window} tokens)")
-    ax.set_ylabel("accuracy of the value's first token")
-    ax.set_ylim(-0.02, 1.02)
-    ax.set_title("Retrieval across the sliding window", fontsize=10)
-    ax.legend(fontsize=8)
+    fig, (left, right) = plt.subplots(1, 2, figsize=(9.6, 3.8))
+    from .retrieval import CONTROL
+    styles = {"plain": ("tab:blue", "no THINK"),
+              "think_after_definition": ("tab:green", "THINK after the definition"),
+              "no_definition": ("tab:gray", "no definition (chance)")}
+    conditions = section["conditions"]
+    for condition, (color, label) in styles.items():
+        if condition not in conditions:
+            continue
+        rows = conditions[condition]
+        xs = [r["distance"] / window for r in rows]
+        left.plot(xs, [r["first_token_accuracy"] for r in rows], "o-", color=color, label=label)
+        if condition in CONTROL:
+            control = conditions[CONTROL[condition]]
+            right.plot(xs, [c["value_loss"] - r["value_loss"] for c, r in zip(control, rows)],
+                       "o-", color=color, label=label)
+    right.axhline(0.0, color="tab:gray", lw=1)
+    field = section["receptive_field"] / window
+    for ax in (left, right):
+        for x, text in ((1.0, "window"), (field, "receptive field")):
+            ax.axvline(x, color="black", ls="--", lw=1)
+            ax.text(x + 0.03, 0.95, text, transform=ax.get_xaxis_transform(), fontsize=8, va="top")
+        ax.set_xlabel(f"distance between the values (windows of {window} tokens)")
+    left.set_ylabel("accuracy of the value's first token")
+    left.set_ylim(-0.02, 1.02)
+    left.legend(fontsize=8)
+    right.set_ylabel("nats per value token saved by the definition")
+    fig.suptitle("Recall across the sliding window", fontsize=10)
     return _save(fig, path)

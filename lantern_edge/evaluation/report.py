@@ -203,19 +203,31 @@ def _think(section: dict, run: dict) -> list[str]:
 
 
 def _retrieval(section: dict, run: dict) -> list[str]:
+    from .retrieval import CONTROL
     conditions = section["conditions"]
-    names = {"plain": "no THINK", "think_after_definition": "THINK after definition",
-             "no_definition": "no definition"}
-    header = ["filler", "distance", "beyond window"] + [f"{names[c]}: acc / loss" for c in conditions]
+    names = {"plain": "no THINK", "think_after_definition": "THINK after the definition"}
+    shown = [c for c in names if c in conditions]
+    control = conditions["no_definition"]
+    header = (["filler", "distance", "beyond window", "beyond field"]
+              + [f"{names[c]}: accuracy / nats saved" for c in shown]
+              + ["no definition: accuracy / loss"])
     rows = []
     for i, gap in enumerate(section["gaps"]):
         first = conditions["plain"][i]
-        rows.append([str(gap), f"{first['distance']:.0f}", _pct(first["beyond_window"], 0)] +
-                    [f"{_pct(conditions[c][i]['first_token_accuracy'], 0)} / "
-                     f"{_num(conditions[c][i]['value_loss'], 2)}" for c in conditions])
+        cells = [f"{_pct(conditions[c][i]['first_token_accuracy'], 0)} / "
+                 f"{conditions[CONTROL[c]][i]['value_loss'] - conditions[c][i]['value_loss']:+.3f}"
+                 for c in shown]
+        rows.append([str(gap), f"{first['distance']:.0f}", _pct(first["beyond_window"], 0),
+                     _pct(first["beyond_field"], 0), *cells,
+                     f"{_pct(control[i]['first_token_accuracy'], 0)} / {control[i]['value_loss']:.3f}"])
     lines = ["## Sliding-window retrieval", "",
              f"`KEY = \"VALUE\"`, held-out filler, then the same line again: accuracy of the "
-             f"second value's first token (teacher-forced, cheap pass) and the value tokens' loss, "
-             f"{conditions['plain'][0]['examples']} examples per row; window "
-             f"{section['window_size']} tokens.", ""]
+             f"second value's first token (teacher-forced, cheap pass), and the nats per value "
+             f"token the definition saves against the same text (and THINK) without it (0 = the "
+             f"model got nothing from the definition). {control[0]['examples']} examples per "
+             f"row; distance from the first value to the second, in tokens. Direct attention "
+             f"reaches {section['window_size'] - 1} positions back; through the tokens in "
+             f"between, the cheap pass's stacked layers reach {section['receptive_field']} "
+             f"(num_blocks x steps_base x (window - 1), the \"field\"). Past the field only a "
+             f"global token can bring the value.", ""]
     return lines + _table(header, rows) + [""] + _figure("retrieval", run)

@@ -3,14 +3,19 @@
 Each example is held-out code with a definition `KEY = "VALUE"` and, some filler later, the
 same line again; teacher-forced, we score the second VALUE's tokens. Repeating the line is
 the easiest recall there is (plain copying, which even small models learn), so what fails
-here beyond the window fails for any harder use of the key. Three conditions per distance:
-- plain: every token at steps_base; beyond window_size the definition is invisible;
+here fails for any harder use of the key.
+
+A token attends directly only to the last window_size positions, but every attention layer
+(each block iteration) reaches window_size - 1 further back through the tokens in between, so
+the cheap pass's receptive field is num_blocks * steps_base * (window_size - 1) positions.
+Distances run from inside the window to past that field. Three conditions per distance:
+- plain: every token at steps_base;
 - THINK after the definition: a global THINK token (steps_reasoning iterations, as the
-  controller injects it) right after the definition line, visible from any later position
-  (it adds one position to the distance); whatever it carries of the value is all that can
-  cross the window;
-- no definition (control): the definition replaced by other held-out text: what the model
-  guesses without the information (chance for this task).
+  controller injects it) right after the definition line, attended directly from any later
+  position (it adds one position to the distance): past the receptive field, whatever it
+  carries of the value is all that can arrive;
+- no definition (controls, with and without the THINK): the definition replaced by other
+  held-out text of the same length: what the model guesses without the information.
 """
 
 from __future__ import annotations
@@ -22,8 +27,12 @@ from tokenizers import Tokenizer
 from ..model.modeling import LanternModel
 from . import passes
 
-WINDOW_MULTIPLES = (0.25, 0.5, 0.75, 0.9, 1.1, 1.5, 2.0, 3.0)
-CONDITIONS = ("plain", "think_after_definition", "no_definition")
+WINDOW_MULTIPLES = (0.5, 0.9, 1.1, 1.5)     # then whole windows up to past the receptive field
+# condition -> (the definition is there, a THINK follows the definition line)
+CONDITIONS = {"plain": (True, False), "think_after_definition": (True, True),
+              "no_definition": (False, False), "no_definition_think": (False, True)}
+# what each condition's loss is compared with: the same text without the definition
+CONTROL = {"plain": "no_definition", "think_after_definition": "no_definition_think"}
 KEY_WORDS = ("alpha", "beta", "gamma", "delta", "omega", "red", "green", "blue", "north",
              "south", "east", "west", "fast", "slow", "old", "new", "left", "right", "upper",
              "lower")
@@ -33,10 +42,17 @@ VALUE_WORDS = ("apple", "river", "stone", "cloud", "tiger", "piano", "garden", "
                "planet", "bridge", "orange", "shadow", "thunder", "lemon", "anchor", "saddle")
 
 
-def gaps(window_size: int, overhead: float, max_gap: int) -> list[int]:
-    """Filler lengths that put the use's value about each WINDOW_MULTIPLES of the window after
-    the definition's (overhead: the distance at gap 0), smallest first, all that fit."""
-    found = sorted({max(0, int(round(m * window_size - overhead))) for m in WINDOW_MULTIPLES})
+def receptive_field(config) -> int:
+    """Positions back that the cheap pass can draw on through stacked windowed attention."""
+    return config.num_blocks * config.steps_base * (config.window_size - 1)
+
+
+def gaps(window_size: int, field: int, overhead: float, max_gap: int) -> list[int]:
+    """Filler lengths that put the second value about each WINDOW_MULTIPLES of the window, then
+    every whole window up to one past the receptive field, after the first (overhead: the
+    distance at gap 0); smallest first, all that fit in max_gap."""
+    multiples = (*WINDOW_MULTIPLES, *range(2, -(-field // window_size) + 2))
+    found = sorted({max(0, int(round(m * window_size - overhead))) for m in multiples})
     return [g for g in found if g <= max_gap]
 
 
@@ -111,26 +127,28 @@ def retrieval(model: LanternModel, tokenizer_json: str, stream: np.ndarray, exam
         seed: seed of keys, values and filler.
 
     Returns:
-        JSON-ready dict: "window_size", "gaps", and per condition and gap the mean distance
-        between the two values, the share of examples with it >= window_size, the accuracy of
-        the first value token and of the whole value, and the mean value-token loss.
+        JSON-ready dict: "window_size", "receptive_field", "gaps", and per condition and gap
+        the mean distance between the two values, the shares of examples with it beyond the
+        window and beyond the receptive field, the accuracy of the first value token and of
+        the whole value, and the mean value-token loss.
     """
     cfg = model.config
     tokenizer = Tokenizer.from_str(tokenizer_json)
     overhead = float(build_examples(tokenizer, model, stream, 0, examples, seed)[3].mean())
-    found = gaps(cfg.window_size, overhead, cfg.max_position - 96)
-    conditions = [c for c in CONDITIONS
-                  if c != "think_after_definition" or cfg.think_token_id is not None]
+    field = receptive_field(cfg)
+    found = gaps(cfg.window_size, field, overhead, cfg.max_position - 96)
+    conditions = [c for c, (_, think) in CONDITIONS.items()
+                  if not think or cfg.think_token_id is not None]
     results: dict[str, list] = {c: [] for c in conditions}
     for gap in found:
         progress(f"retrieval with {gap} filler tokens")
         for condition in conditions:
+            with_definition, think = CONDITIONS[condition]
             ids, value_at, definition_end, distance = build_examples(
-                tokenizer, model, stream, gap, examples, seed,
-                with_definition=condition != "no_definition")
+                tokenizer, model, stream, gap, examples, seed, with_definition)
             inputs, targets = ids[:, :-1], ids[:, 1:]
             deep = np.zeros(inputs.shape, dtype=bool)
-            if condition == "think_after_definition":
+            if think:
                 deep[np.arange(len(ids)), definition_end.numpy()] = True
             outcome, _, _ = passes.adaptive(model, inputs, targets, deep, use_think=True)
             valid = (value_at >= 0).numpy()
@@ -140,7 +158,9 @@ def retrieval(model: LanternModel, tokenizer_json: str, stream: np.ndarray, exam
             results[condition].append({
                 "gap": gap, "examples": len(ids), "distance": float(distance.mean()),
                 "beyond_window": float((distance >= cfg.window_size).mean()),
+                "beyond_field": float((distance > field).mean()),
                 "first_token_accuracy": float(correct[:, 0].mean()),
                 "value_accuracy": float(np.where(valid, correct, True).all(axis=1).mean()),
                 "value_loss": float(nll[valid].mean())})
-    return {"window_size": cfg.window_size, "gaps": found, "conditions": results}
+    return {"window_size": cfg.window_size, "receptive_field": field, "gaps": found,
+            "conditions": results}
