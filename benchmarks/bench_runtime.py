@@ -31,20 +31,12 @@ import sys
 import tempfile
 from pathlib import Path
 
-import numpy as np
-
 from lantern_edge import Runtime
+from lantern_edge.benchmark.bands import FORCED, calibrated
 from lantern_edge.errors import ArtifactError, TokenizerError
 
 REPO = Path(__file__).resolve().parents[1]
 UPSTREAM = REPO.parent / "shared" / "fixtures" / "upstream_lantern_small" / "checkpoint.pt"
-INF = float("inf")
-FORCED = {
-    "confident": dict(tau_low=INF, tau_mid=INF, tau_high=INF),
-    "moderate": dict(tau_low=-INF, tau_mid=INF, tau_high=INF),
-    "high": dict(tau_low=-INF, tau_mid=-INF, tau_high=INF),
-    "very_high": dict(tau_low=-INF, tau_mid=-INF, tau_high=-INF),
-}
 
 
 def build_models(out: Path) -> dict[str, Path]:
@@ -103,13 +95,6 @@ def measure(runtime: Runtime, prompt: list[int], tokens: int, repeats: int,
                     "think": stats["think_injections"], "deepened": stats["deepened"],
                     "tokens": stats["new_tokens"]}
     return best
-
-
-def calibrated(runtime: Runtime, prompt: list[int], tokens: int) -> dict:
-    probe = runtime.generate(prompt, max_new_tokens=tokens, eos_token_id=None,
-                             **FORCED["confident"])
-    low, mid, high = np.quantile([t.u for t in probe.trace], [0.4, 0.7, 0.9])
-    return dict(tau_low=float(low), tau_mid=float(mid), tau_high=float(high))
 
 
 def main(argv: list[str] | None = None) -> int:
