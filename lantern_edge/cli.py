@@ -16,6 +16,7 @@ COMMANDS = {
     "generate": ("lantern_edge.runtime.cli", "generate text with an artifacts directory"),
     "quantize": ("lantern_edge.quantization.cli", "write INT8 graphs beside the fp32 ones"),
     "eval": ("lantern_edge.evaluation.cli", "is the uncertainty signal a good compute controller?"),
+    "bench": ("lantern_edge.benchmark.cli", "decode speed, latency and memory vs PyTorch"),
 }
 
 USAGE = "usage: lantern-edge COMMAND [options]\n\ncommands:\n" + "".join(
