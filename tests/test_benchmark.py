@@ -1,0 +1,175 @@
+"""`lantern-edge bench` end to end on the tiny artifacts, its skip reasons, and the pieces that
+make its numbers (forced bands, the time-boxed full recompute, worker isolation from torch).
+
+No timing is asserted: only that every configuration is measured or skipped with a reason, and
+that the numbers are there and consistent.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from lantern_edge.benchmark import suite
+from lantern_edge.benchmark.bands import FORCED
+from lantern_edge.benchmark.timing import interpolate_tail, latency_summary, sample_lengths
+from lantern_edge.cli import main as lantern_main
+
+LABELS = ("PyTorch full recompute", "PyTorch + KV state", "ONNX fp32, adaptive off",
+          "ONNX fp32, adaptive on", "ONNX INT8, adaptive off", "ONNX INT8, adaptive on")
+
+
+@pytest.fixture(scope="module")
+def bench_artifacts(tmp_path_factory, tiny_artifacts, tiny_checkpoint):
+    """The tiny artifacts with INT8 graphs, and their checkpoint as DIR/checkpoint.pt (so the
+    PyTorch rows find it without --checkpoint)."""
+    from lantern_edge.quantization.api import quantize_artifacts
+    out = tmp_path_factory.mktemp("bench") / "artifacts"
+    shutil.copytree(tiny_artifacts, out)
+    quantize_artifacts(out, evaluate=False)
+    shutil.copy(tiny_checkpoint, out / "checkpoint.pt")
+    return out
+
+
+def test_bench_end_to_end(bench_artifacts, tmp_path, capsys):
+    out = tmp_path / "results"
+    rc = lantern_main(["bench", "--model", str(bench_artifacts), "--tokens", "4", "12",
+                       "--prompt-lengths", "8", "300", "--threads", "1", "--repeats", "1",
+                       "--band-tokens", "6", "--time-box", "0", "-o", str(out)])
+    assert rc == 0
+    printed = capsys.readouterr().out
+    results = json.loads((out / "bench.json").read_text())
+    markdown = (out / "BENCH.md").read_text()
+    assert results["schema"] == suite.SCHEMA
+    assert results["model"]["checkpoint"].endswith("checkpoint.pt")
+    assert [c["skipped"] for c in results["configurations"]] == [None] * 6
+
+    # decode: every configuration at every token count, measured, with ratios and memory
+    decode = {(r["configuration"], r["tokens_requested"]): r for r in results["decode"]}
+    assert set(decode) == {(name, n) for name in suite.NAMES for n in (4, 12)}
+    for (name, tokens), row in decode.items():
+        assert not row["skipped"] and "error" not in row, row
+        assert row["tokens"] == tokens and row["tok_s"] > 0 and row["peak_rss_mib"] > 0
+        assert 0 < row["us_median"] <= row["us_p90"] <= row["us_max"]
+        assert row["speedup_vs_full"] > 0 and row["speedup_vs_kv"] > 0
+        if name.startswith("onnx"):
+            assert 0 <= row["controller_overhead"] < 1
+    assert decode[("pytorch-full", 12)]["speedup_vs_full"] == pytest.approx(1.0)
+    # --time-box 0: one token timed in the loop, the rest interpolated from sampled lengths
+    full = decode[("pytorch-full", 12)]
+    assert full["estimated"] and full["measured_tokens"] == 1
+    assert full["sampled_lengths"][-1] == results["settings"]["decode_prompt_tokens"] + 11
+    # the reference with KV state and the runtime pick the same greedy tokens
+    kv = decode[("pytorch-kv", 12)]
+    assert kv["tokens_agree"] == kv["tokens_compared"] == 12
+    assert "token_ids" not in kv
+
+    # time to first token: the prompt that fits is measured, the other skipped with the reason
+    for row in results["ttft"]:
+        assert row["prompts"]["8"]["ttft_ms"] > 0 and row["peak_rss_mib"] > 0
+        assert "max_position=256" in row["too_long"]["300"]
+
+    # peak RSS per configuration, 4 vs 12 tokens
+    memory = {m["configuration"]: m for m in results["memory"]}
+    assert set(memory) == set(suite.NAMES)
+    for entry in memory.values():
+        assert set(entry["peak_rss_mib"]) == {"4", "12"} and isinstance(entry["flat"], bool)
+
+    # cost shape: forcing puts every token in its band
+    assert [r["precision"] for r in results["cost_shape"]] == ["fp32", "int8"]
+    for row in results["cost_shape"]:
+        modes = row["modes"]
+        assert set(modes) == {"fixed", "adaptive", *FORCED}
+        for band in ("confident", "moderate", "high"):
+            assert modes[band]["bands"][band] == 6
+        assert modes["high"]["mc_calls"] == 6
+        assert modes["very_high"]["think"] + modes["very_high"]["deepened"] == 6
+        assert modes["very_high"]["mean_iterations"] > modes["fixed"]["mean_iterations"]
+    for bound in results["bounds"]:
+        assert 0 < bound["lower_us"] <= bound["upper_us"] <= bound["worst_token_us"]
+
+    for heading in ("## Decode", "## Time to first token", "## Peak RSS", "## Cost shape"):
+        assert heading in markdown
+    assert all(label in markdown for label in LABELS)
+    assert " est. [" in markdown and "does not fit max_position=256" in markdown
+    assert "## Decode" in printed
+
+
+def test_bench_skips_rows_it_cannot_run_with_the_reason(tiny_artifacts, tmp_path):
+    """The plain tiny artifacts have no INT8 graphs and no checkpoint beside them."""
+    out = tmp_path / "results"
+    rc = lantern_main(["bench", "--model", str(tiny_artifacts), "--tokens", "4",
+                       "--prompt-lengths", "8", "--threads", "1", "--repeats", "1",
+                       "-o", str(out)])
+    assert rc == 0
+    results = json.loads((out / "bench.json").read_text())
+    reasons = {c["name"]: c["skipped"] for c in results["configurations"]}
+    assert "--checkpoint" in reasons["pytorch-full"] and "--checkpoint" in reasons["pytorch-kv"]
+    assert "lantern-edge quantize" in reasons["onnx-int8"]
+    assert reasons["onnx-fp32"] is None and reasons["onnx-fp32-adaptive"] is None
+    for row in results["decode"] + results["ttft"]:
+        assert bool(row["skipped"]) == (reasons[row["configuration"]] is not None)
+    assert [r["tok_s"] > 0 for r in results["decode"] if not r["skipped"]] == [True, True]
+    markdown = (out / "BENCH.md").read_text()
+    assert markdown.count("skipped [") >= 8 and reasons["pytorch-kv"] in markdown
+
+
+def test_bench_without_torch_skips_the_pytorch_rows(tiny_artifacts, tiny_checkpoint,
+                                                    monkeypatch):
+    monkeypatch.setattr(suite, "torch_installed", lambda: False)
+    settings = suite.BenchSettings(model=tiny_artifacts, checkpoint=tiny_checkpoint,
+                                   tokens=(4,), prompt_lengths=(8,), repeats=1,
+                                   configurations=("pytorch-full", "pytorch-kv"))
+    results = suite.run_benchmark(settings)
+    for row in results["decode"] + results["ttft"]:
+        assert "torch is not installed" in row["skipped"]
+    assert results["cost_shape"] == [] and results["memory"] == []
+
+
+def test_worker_runs_the_onnx_rows_without_torch(tiny_artifacts):
+    job = dict(kind="decode", engine="onnx", model=str(tiny_artifacts), precision="fp32",
+               adaptive=True, threads=1, prompt=[0, 40, 41, 42], tokens=5, repeats=1)
+    code = ("import json, sys; sys.modules['torch'] = None; sys.modules['onnx'] = None\n"
+            "from lantern_edge.benchmark.worker import run_job\n"
+            f"print(json.dumps(run_job({job!r})))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          check=True)
+    out = json.loads(done.stdout)
+    assert out["result"]["tokens"] == 5 and out["peak_rss_mib"] > 0
+
+
+def test_full_recompute_past_its_time_box_interpolates_the_rest(tiny_checkpoint):
+    from lantern_edge.benchmark.reference import full_recompute, incremental, load_model
+    model = load_model(tiny_checkpoint, threads=1)
+    prompt = [0, 40, 41, 42, 43]
+    boxed = full_recompute(model, prompt, tokens=9, time_box=0.0, tail_samples=3)
+    assert boxed["estimated"] and boxed["measured_tokens"] == 1 and boxed["tokens"] == 9
+    assert boxed["sampled_lengths"] == [6, 10, 13]
+    whole = full_recompute(model, prompt, tokens=9, time_box=60.0)
+    assert not whole["estimated"] and whole["measured_tokens"] == 9
+    assert whole["token_ids"][0] == boxed["token_ids"][0]
+    assert incremental(model, prompt, tokens=9)["token_ids"] == whole["token_ids"]
+
+
+def test_timing_helpers():
+    assert sample_lengths(10, 20, 3) == [10, 15, 20]
+    assert sample_lengths(10, 10, 8) == [10]
+    assert interpolate_tail([10, 20], [100.0, 200.0], [10, 15, 20]) == [100.0, 150.0, 200.0]
+    with pytest.raises(ValueError, match="outside the timed lengths"):
+        interpolate_tail([10, 20], [1.0, 2.0], [21])
+    summary = latency_summary([100.0, 200.0, 300.0, 400.0])
+    assert summary["tok_s"] == pytest.approx(4 / 1e-3) and summary["us_median"] == 250.0
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--model", "/nonexistent/artifacts"], "artifacts not found"),
+    (["--tokens", "0"], "tokens must be"),
+])
+def test_bench_bad_input_exits_2(tiny_artifacts, args, message, tmp_path, capsys):
+    argv = ["bench", "--model", str(tiny_artifacts), "-o", str(tmp_path)] + args
+    assert lantern_main(argv) == 2
+    assert message in capsys.readouterr().err
