@@ -82,3 +82,53 @@ def test_static_mode_calibrates_on_text(tmp_path, tiny_artifacts):
     assert report.mode == "static"
     runtime = Runtime(root, precision="int8")
     assert len(runtime.generate("def f", max_new_tokens=8, adaptive=False).token_ids) == 8
+
+
+def test_weight_only_int8_keeps_float_activations_and_rounds_each_column():
+    import onnx
+    import onnxruntime as ort
+    from onnx import helper, numpy_helper
+    from lantern_edge.quantization.weight_only import matmuls_reading, to_int8_weight_only
+
+    rng = np.random.default_rng(0)
+    weight = rng.normal(size=(8, 5)).astype(np.float32)
+    weight[:, 2] *= 100.0                          # one loud column: its scale is its own
+    weight[:, 4] = 0.0
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "proj.down_weight"], ["y"], name="down"),
+         helper.make_node("MatMul", ["x", "other"], ["z"], name="other")], "g",
+        [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [None, 8])],
+        [helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, [None, 5]) for n in "yz"],
+        [numpy_helper.from_array(weight, "proj.down_weight"), numpy_helper.from_array(weight, "other")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    nodes = matmuls_reading(model, ("down_weight",))
+    assert [n.name for n in nodes] == ["down"]
+    to_int8_weight_only(model, nodes)
+    onnx.checker.check_model(model, full_check=True)
+    stored = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    assert stored["proj.down_weight_int8"].dtype == np.int8 and "other" in stored
+    x = rng.normal(size=(3, 8)).astype(np.float32)
+    dequantized = stored["proj.down_weight_int8"] * stored["proj.down_weight_scale"]
+    step = np.abs(weight).max(0) / 127
+    assert (np.abs(dequantized - weight) <= step / 2 + 1e-6).all()  # per-column rounding
+    assert np.array_equal(dequantized[:, 4], np.zeros(8))
+    basic = ort.SessionOptions()
+    basic.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    y, z = ort.InferenceSession(model.SerializeToString(), basic).run(None, {"x": x})
+    assert np.array_equal(z, x @ weight)                           # untouched MatMul
+    np.testing.assert_allclose(y, x @ dequantized, rtol=1e-5, atol=1e-4)
+    # fully optimised, ORT runs it as an 8-bit MatMulNBits (activations quantized per block)
+    y_fused = ort.InferenceSession(model.SerializeToString()).run(None, {"x": x})[0]
+    assert np.abs(y_fused - x @ weight).max() <= 0.02 * np.abs(x @ weight).max()
+
+
+def test_int8_blocks_keep_rope_halting_and_down_activations_float(int8_artifacts):
+    import onnx
+    root, _ = int8_artifacts
+    model = onnx.load(str(root / "int8" / "block0.onnx"), load_external_data=False)
+    ops = [n.op_type for n in model.graph.node]
+    float_matmul_weights = {n.input[1] for n in model.graph.node if n.op_type == "MatMul"}
+    assert "rope_rotation" in float_matmul_weights
+    assert "block0.down_weight_dequantized" in float_matmul_weights
+    assert ops.count("DequantizeLinear") == 1
+    assert sum(op in ("MatMulInteger", "DynamicQuantizeMatMul") for op in ops) == 3  # qkv, out, gate/up

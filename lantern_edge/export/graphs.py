@@ -21,7 +21,7 @@ import numpy as np
 import onnx
 import torch
 
-from ..model.modeling import LanternModel
+from ..model.modeling import LanternModel, rope_frequencies
 from .builder import INT64_MAX, GraphBuilder
 
 F32 = np.float32
@@ -134,10 +134,12 @@ def _block_body(g: GraphBuilder, model: LanternModel, b: int, x: str, cos: str, 
 
 
 def _rope_rows(g: GraphBuilder, model: LanternModel, positions: str) -> tuple[str, str]:
-    # tables stored (max_position, 1, D): the gathered rows broadcast over the heads axis
-    cos = g.op("Gather", g.weight("rope_cos", _np(model.rope_cos)[:, None]), positions, axis=0)
-    sin = g.op("Gather", g.weight("rope_sin", _np(model.rope_sin)[:, None]), positions, axis=0)
-    return cos, sin                                                              # (T, 1, D)
+    # cos/sin of position * frequency computed in the graph, as modeling.rope_tables does:
+    # stored (max_position, D) tables would cost 1.5 MB at the default shape, in every precision.
+    frequencies = _np(rope_frequencies(model.config))[None, None]                # (1, 1, D)
+    where = g.op("Unsqueeze", g.op("Cast", positions, to=onnx.TensorProto.FLOAT), g.const([1, 2]))
+    angles = g.op("Mul", where, g.weight("rope_frequencies", frequencies))      # (T, 1, D)
+    return g.op("Cos", angles), g.op("Sin", angles)                              # (T, 1, D)
 
 
 def block_step_graph(model: LanternModel, b: int, opset: int, mc: bool = False) -> onnx.ModelProto:

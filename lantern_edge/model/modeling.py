@@ -43,14 +43,19 @@ class ModelOutput:
     halting: torch.Tensor | None    # (num_blocks, iterations, B, T) p_halt after each iteration
 
 
-def rope_tables(config: ModelConfig) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos and sin tables (max_position, head_dim), computed as upstream does, in float32."""
+def rope_frequencies(config: ModelConfig) -> torch.Tensor:
+    """(head_dim,) float32 angle per position of each RoPE dimension (the half-split layout:
+    the dim/2 inverse frequencies, twice), computed as upstream does."""
     dim = config.head_dim
     inv_freq = 1.0 / (config.rope_base ** (torch.arange(0, dim, 2, dtype=torch.float32) / dim))
+    return torch.cat((inv_freq, inv_freq))
+
+
+def rope_tables(config: ModelConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin tables (max_position, head_dim) in float32: angle = position * frequency."""
     t = torch.arange(config.max_position, dtype=torch.float32)
-    freqs = torch.einsum("i,j->ij", t, inv_freq)
-    emb = torch.cat((freqs, freqs), dim=-1)
-    return emb.cos(), emb.sin()
+    angles = t[:, None] * rope_frequencies(config)[None, :]
+    return angles.cos(), angles.sin()
 
 
 def rope_rotation(config: ModelConfig) -> tuple[torch.Tensor, torch.Tensor]:

@@ -212,7 +212,8 @@ def sample_positions(cfg: TrainConfig, model_cfg: ModelConfig,
     at 0 and the text sits far past it, as in a long generation, so that the learned position
     rows past seq_len are trained too (windows never see further back than window_size)."""
     room = model_cfg.max_position - cfg.seq_len
-    if room <= 0 or rng.random() >= cfg.late_position_fraction:
+    # no draw when off: runs without late positions keep the random stream they always had
+    if room <= 0 or cfg.late_position_fraction == 0 or rng.random() >= cfg.late_position_fraction:
         return None
     offset = int(rng.integers(0, room + 1))
     positions = torch.arange(offset, offset + cfg.seq_len)

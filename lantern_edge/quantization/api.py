@@ -117,7 +117,8 @@ def quantize_artifacts(path: str | Path, *, mode: str = "dynamic", per_channel: 
 
 
 KEPT_FLOAT = ["model.onnx (the standalone entry point)", "LayerNorm", "Softmax",
-              "attention MatMuls (activation x activation)",
+              "attention MatMuls (activation x activation)", "RoPE (computed, and its rotation)",
+              "halting heads", "down projection activations (INT8 weights, float input)",
               "uncertainty head arithmetic (softmax, entropy, top-k)"]
 
 
@@ -138,28 +139,42 @@ def _calibration_texts(files: list[str] | None) -> list[str]:
     return texts
 
 
+# MatMuls that keep float activations (matched by weight name; see weight_only.py for why):
+# the down projection gets INT8 weights only; RoPE's signed permutation (exact in float, and
+# 8-bit q/k would perturb every attention score) and the halting heads' (C,) vectors (nothing to
+# save, and per-channel scales do not apply to a 1-D weight) stay float entirely.
+WEIGHT_ONLY = ("down_weight",)
+FLOAT = ("rope_rotation", "halt_weight")
+
+
 def _quantize_graph(src: Path, per_channel: bool, feeds) -> onnx.ModelProto:
     """Dynamic INT8 (feeds None) or static QDQ calibrated on feeds, as an in-memory model."""
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_dynamic, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    from .weight_only import matmuls_reading, to_int8_weight_only
 
     with tempfile.TemporaryDirectory() as work:
         full, pre, out = (Path(work) / n for n in ("full.onnx", "pre.onnx", "int8.onnx"))
         onnx.save(onnx.load(str(src)), str(full))          # weights inline for the quantizer
         # Folds Transpose(weight) patterns so every weight MatMul is seen (PERF_NOTES.md).
         quant_pre_process(str(full), str(pre), skip_symbolic_shape=True)
+        excluded = [n.name for n in matmuls_reading(onnx.load(str(pre)), FLOAT + WEIGHT_ONLY)]
         if feeds is None:
             quantize_dynamic(str(pre), str(out), weight_type=QuantType.QInt8,
-                             per_channel=per_channel,
+                             per_channel=per_channel, nodes_to_exclude=excluded,
                              op_types_to_quantize=["MatMul", "Gather", "Gemm"],
                              extra_options={"MatMulConstBOnly": True})
         else:
             from .calibration import FeedReader
             quantize_static(str(pre), str(out), FeedReader(feeds), quant_format=QuantFormat.QDQ,
                             activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
-                            per_channel=per_channel, op_types_to_quantize=["MatMul", "Gemm"],
+                            per_channel=per_channel, nodes_to_exclude=excluded,
+                            op_types_to_quantize=["MatMul", "Gemm"],
                             extra_options={"MatMulConstBOnly": True})
-        return onnx.load(str(out))
+        quantized = onnx.load(str(out))
+        to_int8_weight_only(quantized, matmuls_reading(quantized, WEIGHT_ONLY))
+        return quantized
 
 
 def main_summary(report: QuantReport) -> str:
