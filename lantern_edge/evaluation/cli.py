@@ -65,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--fractions", type=float, nargs="+", default=None, metavar="F",
                         help="shares of tokens sent deep in the sweep (default: 2, 5, 10, 20%% "
                              "and the shares whose cost equals a fixed depth)")
-    parser.add_argument("--retrieval-examples", type=int, default=32,
+    parser.add_argument("--retrieval-examples", type=int, default=24,
                         help="retrieval examples per distance and condition")
     parser.add_argument("--corpus", nargs="+", default=None, metavar="DIR|FILE",
                         help="held-out source instead of the checkpoint's own corpus")
