@@ -455,15 +455,3 @@ def test_cli_generate_streams_traces_and_prints_json(tiny_artifacts):
     proc = run("def f(x):", "--model", str(tiny_artifacts), "--max-new-tokens", "16",
                "--no-adaptive", "--stop", stop)
     assert proc.returncode == 0 and stop in proc.stdout and len(proc.stdout) <= len(free) + 1
-
-
-def test_without_a_model_the_cli_says_none_is_shipped():
-    from lantern_edge.runtime.generate import DEFAULT_MODEL_DIR
-    if (DEFAULT_MODEL_DIR / "lantern.json").exists():
-        pytest.skip("this install ships a default model")   # then Runtime() works (issue 6)
-    proc = subprocess.run([sys.executable, "-m", "lantern_edge.cli", "generate", "x"],
-                          capture_output=True, text=True)
-    assert proc.returncode == 2 and "Traceback" not in proc.stderr
-    assert "no shipped default model" in proc.stderr and "--model" not in proc.stdout
-    with pytest.raises(ArtifactError, match="no shipped default model"):
-        Runtime.default()

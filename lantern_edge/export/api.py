@@ -23,6 +23,7 @@ from .builder import MIN_OPSET
 from .errors import ExportError, ParityError
 from .manifest import (METADATA_KEY, TOKENIZER_FILE, build_manifest, metadata_json, sha256_of,
                        write_manifest)
+from .model_card import write_model_card
 from .onnx_export import build_graphs, check_graphs, ort_node_count, set_metadata, write_graphs
 from .parity import check_parity, parity_failures
 
@@ -117,6 +118,7 @@ def export_checkpoint(checkpoint_path: str | Path, out_dir: str | Path, opset: i
             progress("verifying parity against the PyTorch reference")
             errors = check_parity(model, tmp)
         manifest["parity"] = errors
+        write_model_card(tmp, manifest)
         set_metadata(tmp / "model.onnx", METADATA_KEY, metadata_json(manifest))
         write_manifest(tmp, manifest)
         failures = parity_failures(errors)
@@ -149,6 +151,7 @@ def _graph_reports(root: Path, built, files, errors) -> list[GraphReport]:
 
 def _replace(tmp: Path, out_dir: Path) -> None:
     """Move tmp to out_dir; an existing out_dir (--force) is swapped out, then removed."""
+    tmp.chmod(0o755)                           # mkdtemp made it private; artifacts are not
     old = None
     if out_dir.exists():
         old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")

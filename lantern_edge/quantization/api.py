@@ -49,6 +49,7 @@ def quantize_artifacts(path: str | Path, *, mode: str = "dynamic", per_channel: 
                        evaluate: bool = True, progress=lambda message: None) -> QuantReport:
     """Write int8/ graphs for the artifacts at path and add them to lantern.json."""
     from ..export.manifest import graph_section, write_manifest
+    from ..export.model_card import write_model_card
     from ..export.onnx_export import write_graphs
     from .quality import evaluate_quality, write_quality_report
 
@@ -89,6 +90,7 @@ def quantize_artifacts(path: str | Path, *, mode: str = "dynamic", per_channel: 
         final = root / INT8_DIR
         if final.exists():
             shutil.rmtree(final)
+        tmp.chmod(0o755)                       # mkdtemp made it private; artifacts are not
         tmp.rename(final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -112,7 +114,8 @@ def quantize_artifacts(path: str | Path, *, mode: str = "dynamic", per_channel: 
         report.quality = evaluate_quality(root)
         write_quality_report(report)
         manifest["graphs"]["int8"]["quality"] = dict(report.quality)
-        write_manifest(root, manifest)
+    write_model_card(root, manifest)
+    write_manifest(root, manifest)
     return report
 
 

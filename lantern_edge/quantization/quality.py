@@ -48,7 +48,7 @@ def _log_softmax(x: np.ndarray) -> np.ndarray:
     return z - np.log(np.exp(z).sum(axis=-1, keepdims=True))
 
 
-def evaluate_quality(root: Path, texts: list[str] | None = None, sequences: int = 8,
+def evaluate_quality(root: Path, texts: list[str] | None = None, sequences: int = 24,
                      decode_tokens: int = 128, threads: int = 2) -> dict:
     artifacts = open_artifacts(root, "int8")
     cfg = artifacts.model_config

@@ -1,0 +1,60 @@
+"""The shipped default model (lantern_edge/default_model): complete, verified, and what
+`Runtime()` and `lantern-edge generate` use without a path."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import onnxruntime as ort
+
+from lantern_edge import Runtime
+from lantern_edge.runtime.artifacts import open_artifacts
+from lantern_edge.runtime.generate import DEFAULT_MODEL_DIR
+
+PROMPT = "def read_config(path):"
+
+
+def test_shipped_artifacts_verify_and_stay_under_25_mb():
+    for precision in ("fp32", "int8"):
+        open_artifacts(DEFAULT_MODEL_DIR, precision)         # every sha256 checked
+    total = sum(p.stat().st_size for p in DEFAULT_MODEL_DIR.rglob("*") if p.is_file())
+    assert total < 25e6, total
+    card = (DEFAULT_MODEL_DIR / "MODEL_CARD.md").read_text()
+    for section in ("## Training", "## INT8", "## How this model was made", "## Known limits"):
+        assert section in card
+
+
+def test_shipped_int8_meets_the_quality_bounds():
+    quality = json.loads((DEFAULT_MODEL_DIR / "int8" / "quality.json").read_text())
+    assert quality["heldout_tokens"] >= 5000
+    assert quality["top1_agreement"] >= 0.95
+    assert abs(quality["perplexity_delta_pct"]) <= 3.0
+    assert quality["decode_speedup"] >= 1.3
+
+
+def test_runtime_without_a_path_is_the_default_model_and_matches_model_onnx():
+    runtime = Runtime()
+    assert runtime.artifacts.root == DEFAULT_MODEL_DIR
+    prompt = runtime.encode(PROMPT).tolist()
+    result = runtime.generate(prompt, max_new_tokens=12, adaptive=False, eos_token_id=None)
+    # greedy by recomputing the whole sequence with the standalone model.onnx
+    session = ort.InferenceSession(str(DEFAULT_MODEL_DIR / "model.onnx"),
+                                   providers=["CPUExecutionProvider"])
+    ids = list(prompt)
+    for _ in range(12):
+        logits = session.run(None, {"input_ids": np.array([ids], dtype=np.int64)})[0][0, -1]
+        logits[runtime.config.think_token_id] = -np.inf          # THINK is never an output
+        ids.append(int(logits.argmax()))
+    assert result.token_ids == ids[len(prompt):]
+    assert result.text.startswith("\n")                        # a docstring or body follows
+
+
+def test_generate_cli_uses_the_default_model():
+    proc = subprocess.run([sys.executable, "-m", "lantern_edge.cli", "generate", PROMPT,
+                           "--max-new-tokens", "8", "--seed", "0", "--json"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads(proc.stdout)
+    assert len(data["token_ids"]) == 8 and {t["band"] for t in data["trace"]} <= {
+        "confident", "moderate", "high", "very_high"}
