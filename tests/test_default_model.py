@@ -31,6 +31,8 @@ def test_shipped_int8_meets_the_quality_bounds():
     assert quality["top1_agreement"] >= 0.95
     assert abs(quality["perplexity_delta_pct"]) <= 3.0
     assert quality["decode_speedup"] >= 1.3
+    fp32, int8 = (sum(pair) for pair in zip(*quality["sizes"].values()))
+    assert int8 <= 0.30 * fp32
 
 
 def test_runtime_without_a_path_is_the_default_model_and_matches_model_onnx():

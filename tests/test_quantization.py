@@ -132,3 +132,36 @@ def test_int8_blocks_keep_rope_halting_and_down_activations_float(int8_artifacts
     assert "block0.down_weight_dequantized" in float_matmul_weights
     assert ops.count("DequantizeLinear") == 1
     assert sum(op in ("MatMulInteger", "DynamicQuantizeMatMul") for op in ops) == 3  # qkv, out, gate/up
+
+
+def test_int8_embedding_table_is_stored_once_and_gathered_exactly(int8_artifacts):
+    import onnx
+    import onnxruntime as ort
+    from onnx import numpy_helper
+    root, _ = int8_artifacts
+
+    def where(graph, predicate):
+        model = onnx.load(str(root / "int8" / graph), load_external_data=False)
+        inits = {t.name: t for t in model.graph.initializer}
+        node = next(n for n in model.graph.node if predicate(n))
+        table = inits[node.input[0] if node.op_type == "Gather" else node.input[1]]
+        return {e.key: e.value for e in table.external_data}, list(table.dims)
+
+    vocab = open_artifacts(root).model_config.vocab_size
+    head = where("lm_head.onnx", lambda n: n.op_type in ("MatMulInteger", "DynamicQuantizeMatMul"))
+    assert head[1][-1] == vocab
+    for graph in ("embed.onnx", "uncertainty.onnx"):
+        gathered = where(graph, lambda n: n.op_type == "Gather" and "position" not in n.input[0])
+        assert gathered == head                       # same bytes of int8/weights.bin, same shape
+    # the int8 embedding rows are the fp32 rows to within half a quantization step
+    ids = np.arange(0, vocab, max(1, vocab // 50), dtype=np.int64)
+    feeds = {"input_ids": ids, "positions": np.arange(len(ids), dtype=np.int64)}
+    out8 = ort.InferenceSession(str(root / "int8" / "embed.onnx")).run(None, feeds)[0]
+    out32 = ort.InferenceSession(str(root / "embed.onnx")).run(None, feeds)[0]
+    head_model = onnx.load(str(root / "int8" / "lm_head.onnx"))
+    scales = [numpy_helper.to_array(t) for t in head_model.graph.initializer
+              if t.name.endswith("_scale")]
+    embed_model = onnx.load(str(root / "int8" / "embed.onnx"))
+    scales += [numpy_helper.to_array(t) for t in embed_model.graph.initializer
+               if t.name.startswith("position") and t.name.endswith("_scale")]
+    assert np.abs(out8 - out32).max() <= sum(float(s.max()) for s in scales) / 2 + 1e-6

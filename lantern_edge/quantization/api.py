@@ -84,6 +84,8 @@ def quantize_artifacts(path: str | Path, *, mode: str = "dynamic", per_channel: 
             name = Path(file).name
             built.append((role, name, _quantize_graph(root / file, per_channel,
                                                       feeds.get(name) if feeds else None)))
+        if mode == "dynamic":
+            _share_token_table(built, artifacts.model_config.vocab_size)
         files = write_graphs(built, tmp)
         for f in files:
             onnx.checker.check_model(str(tmp / f.file))
@@ -123,6 +125,17 @@ KEPT_FLOAT = ["model.onnx (the standalone entry point)", "LayerNorm", "Softmax",
               "attention MatMuls (activation x activation)", "RoPE (computed, and its rotation)",
               "halting heads", "down projection activations (INT8 weights, float input)",
               "uncertainty head arithmetic (softmax, entropy, top-k)"]
+
+
+def _share_token_table(built: list, vocab_size: int) -> None:
+    """embed and uncertainty read the LM head's INT8 embedding matrix (shared_table.py)."""
+    from .shared_table import lm_head_table, share_token_table
+    graphs = {role: model for role, _, model in built}
+    shared = lm_head_table(graphs["lm_head"], vocab_size)
+    for role in ("embed", "uncertainty"):
+        # "token_embedding": the tied table's initializer name in every graph (export/graphs.py)
+        if share_token_table(graphs[role], "token_embedding", shared) == 0:
+            raise LanternError(f"the INT8 {role} graph has no quantized embedding Gather to share")
 
 
 def _calibration_texts(files: list[str] | None) -> list[str]:
