@@ -60,3 +60,17 @@ def test_generate_cli_uses_the_default_model():
     data = json.loads(proc.stdout)
     assert len(data["token_ids"]) == 8 and {t["band"] for t in data["trace"]} <= {
         "confident", "moderate", "high", "very_high"}
+
+
+def test_the_reference_model_rebuilt_from_the_shipped_graphs_matches_model_onnx():
+    torch = __import__("pytest").importorskip("torch")
+    from lantern_edge.export.reimport import checkpoint_from_artifacts
+    model = checkpoint_from_artifacts(DEFAULT_MODEL_DIR).build_model()
+    runtime = Runtime()
+    ids = runtime.encode(PROMPT + "\n    with open(path) as f:\n").astype(np.int64)
+    session = ort.InferenceSession(str(DEFAULT_MODEL_DIR / "model.onnx"),
+                                   providers=["CPUExecutionProvider"])
+    expected = session.run(None, {"input_ids": ids[None]})[0]
+    with torch.no_grad():
+        logits = model(torch.from_numpy(ids)[None]).logits.numpy()
+    assert np.abs(logits - expected).max() <= 1e-4

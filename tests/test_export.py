@@ -6,6 +6,7 @@ the runtime.
 """
 
 import json
+import shutil
 import subprocess
 import sys
 
@@ -394,3 +395,26 @@ def test_int8_runs_the_quantization_step_on_the_new_artifacts(tmp_path, random_c
     monkeypatch.setattr(quantization, "main_summary", lambda report: f"summary of {report}")
     assert export_main([str(random_checkpoint), "-o", str(tmp_path / "o"), "--int8"]) == 0
     assert calls == [tmp_path / "o"] and "summary of REPORT" in capsys.readouterr().out
+
+
+def test_artifacts_reimport_to_the_checkpoint_they_came_from(random_artifacts, random_checkpoint):
+    from lantern_edge.export.reimport import checkpoint_from_artifacts
+    from lantern_edge.model.checkpoint import load_checkpoint
+    original = load_checkpoint(random_checkpoint)
+    back = checkpoint_from_artifacts(random_artifacts / "model.onnx")
+    assert back.model_config == original.model_config
+    assert back.controller_config == original.controller_config
+    assert set(back.state_dict) == set(original.state_dict)
+    for name, tensor in original.state_dict.items():
+        # head_dim 8: dividing 1/sqrt(8) back out of the q rows is exact to an ulp, not bitwise
+        torch.testing.assert_close(back.state_dict[name], tensor, rtol=1e-6, atol=1e-7)
+    back.build_model()                                   # loads strictly
+
+
+def test_reimport_names_a_broken_artifacts_directory(tmp_path, random_artifacts):
+    from lantern_edge.errors import ArtifactError
+    from lantern_edge.export.reimport import checkpoint_from_artifacts
+    broken = shutil.copytree(random_artifacts, tmp_path / "art")
+    (broken / "weights.bin").write_bytes(b"\0" * 10)
+    with pytest.raises(ArtifactError, match="weights.bin does not match its sha256"):
+        checkpoint_from_artifacts(broken)
