@@ -165,3 +165,13 @@ def test_int8_embedding_table_is_stored_once_and_gathered_exactly(int8_artifacts
     scales += [numpy_helper.to_array(t) for t in embed_model.graph.initializer
                if t.name.startswith("position") and t.name.endswith("_scale")]
     assert np.abs(out8 - out32).max() <= sum(float(s.max()) for s in scales) / 2 + 1e-6
+
+
+def test_per_channel_mode_runs(tmp_path, tiny_artifacts):
+    root = shutil.copytree(tiny_artifacts, tmp_path / "art")
+    report = quantize_artifacts(root, per_channel=True, evaluate=False)
+    assert report.per_channel
+    runtime = Runtime(root, precision="int8")
+    result = runtime.generate("def f", max_new_tokens=8, tau_low=-1e9, tau_mid=-1e9, tau_high=1e9,
+                              seed=0)
+    assert len(result.token_ids) == 8 and all(t.mc_samples for t in result.trace)

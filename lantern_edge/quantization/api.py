@@ -84,7 +84,9 @@ def quantize_artifacts(path: str | Path, *, mode: str = "dynamic", per_channel: 
             name = Path(file).name
             built.append((role, name, _quantize_graph(root / file, per_channel,
                                                       feeds.get(name) if feeds else None)))
-        if mode == "dynamic":
+        if mode == "dynamic" and not per_channel:
+            # per-channel scales run along V, the gathered rows' axis: those Gathers keep
+            # their own per-tensor table
             _share_token_table(built, artifacts.model_config.vocab_size)
         files = write_graphs(built, tmp)
         for f in files:
