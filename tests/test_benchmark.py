@@ -165,9 +165,22 @@ def test_timing_helpers():
     assert summary["tok_s"] == pytest.approx(4 / 1e-3) and summary["us_median"] == 250.0
 
 
+def test_decode_rounds_keep_the_fastest_run_and_the_highest_peak():
+    row = {}
+    suite._merge_round(row, dict(tok_s=100.0, us_median=10.0, peak_rss_mib=50.0,
+                                 peak_rss_stream_mib=40.0))
+    suite._merge_round(row, dict(tok_s=200.0, us_median=5.0, peak_rss_mib=49.0,
+                                 peak_rss_stream_mib=41.0))
+    suite._merge_round(row, dict(tok_s=150.0, us_median=7.0, peak_rss_mib=48.0,
+                                 peak_rss_stream_mib=39.0))
+    assert row == dict(tok_s=200.0, us_median=5.0, peak_rss_mib=50.0, peak_rss_stream_mib=41.0,
+                       runs=3)
+
+
 @pytest.mark.parametrize("args, message", [
     (["--model", "/nonexistent/artifacts"], "artifacts not found"),
     (["--tokens", "0"], "tokens must be"),
+    (["--band-tokens", "0"], "band_tokens must be"),
 ])
 def test_bench_bad_input_exits_2(tiny_artifacts, args, message, tmp_path, capsys):
     argv = ["bench", "--model", str(tiny_artifacts), "-o", str(tmp_path)] + args

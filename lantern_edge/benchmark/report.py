@@ -183,10 +183,13 @@ def render(results: dict) -> str:
         f"{machine['load_average_before']} before, {machine['load_average_after']} after; "
         f"Python {machine['python']}, onnxruntime {machine['onnxruntime']}, torch "
         f"{machine['torch'] or 'not used'}",
-        f"- greedy, EOS ignored, {s['decode_prompt_tokens']}-token prompt ({s['prompt_source']}); "
-        f"best of {s['repeats']} runs after a warm-up; each row in a fresh process (its peak "
-        f"RSS is its own); the PyTorch rows repeat only within the time box "
-        f"({s['time_box']:g} s); {results['wall_seconds']:.0f} s in all",
+        f"- greedy, EOS ignored, {s['decode_prompt_tokens']}-token prompt ({s['prompt_source']})",
+        f"- decode: the fastest of {s['repeats']} rounds; in a round every configuration of one "
+        f"token count runs in turn, each in a fresh process (its peak RSS is its own) with one "
+        f"timed run after a warm-up; a row whose run took longer than the time box "
+        f"({s['time_box']:g} s) runs one round. Time to first token and cost shape: the fastest "
+        f"of {s['repeats']} runs in one process per configuration. {results['wall_seconds']:.0f} "
+        f"s in all",
         ""]
     load, threads = busiest(results), max(s["threads"])
     if load is not None and load > threads + 1:
@@ -213,7 +216,10 @@ def render(results: dict) -> str:
             "ONNX rows: the peak after a `stream()` of all the tokens that keeps no trace, i.e. "
             "the runtime's own memory (the decode table's peak also holds the trace that "
             "`generate()` returns, ~2 KB per token). \"flat\": it grew by at most "
-            f"{s['rss_tolerance_mib']:g} MiB from the fewest to the most new tokens.", ""]
+            f"{s['rss_tolerance_mib']:g} MiB from the fewest to the most new tokens. What "
+            "little the ONNX rows grow is weights paged in on first use (rows of the position "
+            "embedding and RoPE tables for positions not reached before), bounded by those "
+            "tables' size; the KV buffers are allocated once.", ""]
     out += memory_table(results)
     out += ["", "## Cost shape", "",
             f"{s['band_tokens']} new tokens with every token forced into one band (thresholds "
@@ -223,7 +229,7 @@ def render(results: dict) -> str:
     out += ["", "Bounds per token: the mean µs per token of the cheapest and the costliest band "
             "(DESIGN.md: cost is bounded below by the cheap branch and above by the worst). The "
             "fixed path computes no uncertainty signals, so it can sit below the lower bound; "
-            "the adaptive run with the manifest's thresholds falls between them.", ""]
+            "the adaptive run (the manifest's thresholds) mixes the bands.", ""]
     out += bounds_table(results)
     if results["notes"] or notes.texts:
         out += ["", "Notes:", ""] + [f"- {n}" for n in results["notes"]] + notes.lines()

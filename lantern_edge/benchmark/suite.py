@@ -83,7 +83,10 @@ class BenchSettings:
         if unknown or not self.configurations:
             raise ValueError(f"configurations must be among {', '.join(NAMES)}, got "
                              f"{', '.join(unknown) or 'none'}")
-        self.band_tokens = self.band_tokens or min(self.tokens)
+        if self.band_tokens is None:
+            self.band_tokens = min(self.tokens)
+        if not isinstance(self.band_tokens, int) or self.band_tokens < 1:
+            raise ValueError(f"band_tokens must be an int >= 1, got {self.band_tokens!r}")
 
 
 @dataclass
@@ -116,14 +119,22 @@ def run_benchmark(settings: BenchSettings,
                                   _special_ids(plan.config), max(settings.prompt_lengths))
     bos = plan.config.bos_token_id
     decode_prompt = prompt_of_length(ids, min(settings.prompt_lengths), bos)
-    jobs = _jobs(plan, decode_prompt, {n: prompt_of_length(ids, n, bos)
-                                       for n in settings.prompt_lengths})
+    groups = _jobs(plan, decode_prompt, {n: prompt_of_length(ids, n, bos)
+                                         for n in settings.prompt_lengths})
     rows: dict[str, list[dict]] = {"decode": [], "ttft": [], "cost_shape": []}
-    for index, (section, row, job) in enumerate(jobs, 1):
-        if job is not None:
-            _run(row, job, settings.job_timeout)
-        progress(f"[{index}/{len(jobs)}] {_describe(section, row)}")
-        rows[section].append(row)
+    total, done = sum(len(group) for _, group in groups), 0
+    for section, group in groups:
+        # decode: one timed run per process, in rounds over the group's configurations, so
+        # that a burst of load from other processes hits one round, not one configuration
+        for _ in range(settings.repeats if section == "decode" else 1):
+            for row, job in group:
+                if job is not None and not row.get("error") and not row.get("enough"):
+                    _run(row, job, settings)
+        for row, _ in group:
+            row.pop("enough", None)
+            done += 1
+            progress(f"[{done}/{total}] {_describe(section, row)}")
+            rows[section].append(row)
     return dict(
         schema=SCHEMA, lantern_edge=__version__,
         created=time.strftime("%Y-%m-%dT%H:%M:%S%z"), command=command or " ".join(sys.argv),
@@ -216,45 +227,51 @@ def _torch_reason(plan: _Plan, artifacts, progress) -> str | None:
 
 
 def _jobs(plan: _Plan, decode_prompt: list[int], prompts: dict[int, list[int]]):
-    """(section, row, job or None) in run order: the configurations of one token count run one
-    after another, so that a change in machine load hits them alike."""
+    """[(section, [(row, job or None), ...]), ...] in run order. A decode group holds every
+    configuration at one token count: they run close together, so their ratios are fair."""
     s, cfg = plan.settings, plan.config
     wanted = [c for c in CONFIGURATIONS if c.name in s.configurations]
     out = []
 
-    def job(c: Configuration, threads: int, **extra) -> dict:
+    def job(c: Configuration, threads: int, repeats: int = s.repeats, **extra) -> dict:
         return dict(engine=c.engine, model=str(s.model), precision=c.precision,
-                    adaptive=c.adaptive, threads=threads, repeats=s.repeats,
+                    adaptive=c.adaptive, threads=threads, repeats=repeats,
                     checkpoint=str(plan.checkpoint) if plan.checkpoint else None, **extra)
 
     for threads in s.threads:
         for tokens in s.tokens:
+            group = []
             for c in wanted:
                 row = dict(configuration=c.name, threads=threads, tokens_requested=tokens)
                 reason = plan.skipped.get(c.name) or _decode_fits(cfg, len(decode_prompt), tokens)
-                out.append(("decode", {**row, "skipped": reason}, None if reason else job(
-                    c, threads, kind="decode", prompt=decode_prompt, tokens=tokens,
+                group.append(({**row, "skipped": reason}, None if reason else job(
+                    c, threads, repeats=1, kind="decode", prompt=decode_prompt, tokens=tokens,
                     time_box=s.time_box, tail_samples=s.tail_samples)))
+            out.append(("decode", group))
+        group = []
         for c in wanted:
             row = dict(configuration=c.name, threads=threads)
             fits = {n: ids for n, ids in prompts.items() if n < cfg.max_position}
             row["too_long"] = {str(n): f"a {n}-token prompt does not fit max_position="
                                        f"{cfg.max_position}" for n in prompts if n not in fits}
             reason = plan.skipped.get(c.name) or (None if fits else "no prompt length fits")
-            out.append(("ttft", {**row, "skipped": reason}, None if reason else job(
+            group.append(({**row, "skipped": reason}, None if reason else job(
                 c, threads, kind="ttft", prompts=fits)))
+        out.append(("ttft", group))
+        group = []
         for precision in ("fp32", "int8"):
             name = f"onnx-{precision}"
-            reason = plan.skipped.get(name) or _decode_fits(cfg, len(decode_prompt),
-                                                            s.band_tokens)
             if name not in s.configurations and f"{name}-adaptive" not in s.configurations:
                 continue
+            reason = plan.skipped.get(name) or _decode_fits(cfg, len(decode_prompt),
+                                                            s.band_tokens)
             row = dict(precision=precision, threads=threads, tokens_requested=s.band_tokens,
                        skipped=reason)
-            out.append(("cost_shape", row, None if reason else job(
+            group.append((row, None if reason else job(
                 Configuration(name, "", "onnx", precision), threads, kind="bands",
                 prompt=decode_prompt, tokens=s.band_tokens)))
-    return out
+        out.append(("cost_shape", group))
+    return [(section, group) for section, group in out if group]
 
 
 def _decode_fits(cfg, prompt_tokens: int, tokens: int) -> str | None:
@@ -264,25 +281,40 @@ def _decode_fits(cfg, prompt_tokens: int, tokens: int) -> str | None:
             f"max_position={cfg.max_position}")
 
 
-def _run(row: dict, job: dict, timeout: float) -> None:
+def _run(row: dict, job: dict, settings: BenchSettings) -> None:
+    """Run one job in a worker and fold its result into row (decode: the fastest round)."""
     try:
-        out = run_in_subprocess(job, timeout)
+        out = run_in_subprocess(job, settings.job_timeout)
     except WorkerError as e:
         logger.error("%s failed: %s", row, e)
         row["error"] = str(e)
         return
     load = analysis.load_average()
     # the 1-minute load average as the job ends: other processes on the cores show up here
-    row.update(peak_rss_mib=out["peak_rss_mib"], rss_loaded_mib=out["rss_loaded_mib"],
-               job_seconds=out["seconds"], load_average=load[0] if load else None)
+    found = dict(peak_rss_mib=out["peak_rss_mib"], rss_loaded_mib=out["rss_loaded_mib"],
+                 job_seconds=out["seconds"], load_average=load[0] if load else None)
     if job["kind"] == "bands":
-        row["modes"] = out["result"]
+        row.update(found, modes=out["result"])
         for mode in row["modes"].values():
             mode.pop("token_ids", None)
     elif job["kind"] == "ttft":
-        row["prompts"] = out["result"]
+        row.update(found, prompts=out["result"])
     else:
-        row.update(out["result"])
+        _merge_round(row, {**out["result"], **found})
+        # a slow row (the PyTorch ones at length) runs one round: its time box is spent
+        row["enough"] = row.get("estimated") or out["seconds"] > settings.time_box
+
+
+def _merge_round(row: dict, result: dict) -> None:
+    """Keep the fastest decode round; peak memory is the highest of any round."""
+    before = {key: row.get(key) for key in ("peak_rss_mib", "peak_rss_stream_mib")}
+    runs = row.get("runs", 0) + result.pop("runs", 1)
+    if "tok_s" not in row or result["tok_s"] > row["tok_s"]:
+        row.update(result)
+    for key, value in before.items():
+        if value is not None and result.get(key) is not None:
+            row[key] = max(value, result[key])
+    row["runs"] = runs
 
 
 def _describe(section: str, row: dict) -> str:
