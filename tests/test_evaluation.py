@@ -220,6 +220,16 @@ def test_eval_cli_end_to_end(tiny_checkpoint, tmp_path):
     again = json.loads((out / "eval.json").read_text())
     assert again["sections"] == results["sections"]
     assert not (out / "retrieval.png").exists()
+    assert f"--checkpoint {tiny_checkpoint} --output {out} --tokens 256" in report
+
+    # inject_think=False: the very-high action re-runs the token, no THINK anywhere
+    other = tmp_path / "no_think"
+    assert lantern_main(["eval", "--checkpoint", str(tiny_checkpoint), "-o", str(other),
+                         "--figure", "compute", "--no-think", *ARGS]) == 0
+    section = json.loads((other / "eval.json").read_text())["sections"]["compute"]
+    assert section["deep_action"] == "deepened"
+    assert all(p.get("thinks", 0) == 0 for p in section["points"])
+    assert sum(p.get("deepened", 0) for p in section["points"]) > 0
 
 
 def test_eval_cli_errors(tmp_path, capsys, monkeypatch):

@@ -73,6 +73,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="seed of dropout masks, random allocation, bootstrap, retrieval")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch CPU threads (one is fastest for small models on a busy machine)")
+    parser.add_argument("--no-think", action="store_true",
+                        help="in the accuracy-vs-compute sweep the very-high action re-runs the "
+                             "token deep instead of injecting THINK (the runtime's "
+                             "inject_think=False)")
     parser.add_argument("--no-figures", action="store_true", help="write no PNGs")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
     return parser
@@ -135,10 +139,11 @@ def run(args) -> list[Path]:
     windows = heldout.make_windows(stream, info, cfg, args.tokens, length)
     run_info = {
         "checkpoint": str(args.checkpoint or evaluated.path), "sha256": evaluated.sha256,
-        "default_checkpoint": args.checkpoint is None,
+        "flags": _flags(args),
         "model": {**cfg.to_dict(), "parameters": evaluated.model.num_parameters()},
         "controller": controller.to_dict(), "heldout": windows.description,
-        "mc_samples": mc_samples, "seed": args.seed, "method": list(METHOD)}
+        "mc_samples": mc_samples, "seed": args.seed, "inject_think": not args.no_think,
+        "method": list(METHOD)}
     out = Path(args.output)
     results = _previous(out / "eval.json", run_info) if args.figure else None
     results = results or {"format": FORMAT, "format_version": FORMAT_VERSION, "run": run_info,
@@ -157,11 +162,11 @@ def run(args) -> list[Path]:
             section = quality.signal_quality(columns, cfg.steps_base)
         elif name == "compute":
             sweep = compute.Sweep(evaluated.model, controller, windows.inputs, windows.targets,
-                                  columns, mc_samples, args.seed)
+                                  columns, mc_samples, args.seed, inject_think=not args.no_think)
             fractions = args.fractions or compute.default_fractions(cfg.steps_base, cfg.steps_reasoning)
             section = compute.accuracy_vs_compute(sweep, sorted(set(fractions)), progress)
         elif name == "think":
-            section = {"utility": think.utility(columns, controller, cfg.steps_base),
+            section = {"utility": think.utility(columns, controller, cfg.steps_base, args.seed),
                        "attention": think.attention_to_think(evaluated.model, windows.inputs,
                                                              windows.targets, columns, controller)}
         else:
@@ -170,6 +175,29 @@ def run(args) -> list[Path]:
         results["sections"][name] = section
         results["seconds"][name] = time.perf_counter() - section_start
     return _write(out, results, args, wanted)
+
+
+# flags that change the numbers, as typed on a command line that reproduces them
+RESULT_FLAGS = ("checkpoint", "output", "tokens", "seq_len", "mc_samples", "fractions",
+                "retrieval_examples", "corpus", "seed", "no_think")
+
+
+def _flags(args) -> str:
+    """The result-changing flags that differ from their defaults, for "Reproduce" lines."""
+    defaults = build_parser().parse_args([])
+    parts = []
+    for name in RESULT_FLAGS:
+        value = getattr(args, name)
+        if value == getattr(defaults, name):
+            continue
+        flag = "--" + name.replace("_", "-")
+        if isinstance(value, bool):
+            parts.append(flag)
+        elif isinstance(value, list):
+            parts.append(" ".join([flag, *map(str, value)]))
+        else:
+            parts.append(f"{flag} {value}")
+    return " ".join(parts)
 
 
 def _previous(path: Path, run_info: dict) -> dict | None:

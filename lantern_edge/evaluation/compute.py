@@ -75,16 +75,17 @@ class Sweep:
     """The joint passes of one model on one set of windows, and paired comparisons of them."""
 
     def __init__(self, model: LanternModel, controller: ControllerConfig, inputs: torch.Tensor,
-                 targets: torch.Tensor, columns: dict[str, np.ndarray], mc_samples: int, seed: int):
+                 targets: torch.Tensor, columns: dict[str, np.ndarray], mc_samples: int, seed: int,
+                 inject_think: bool = True):
         cfg = model.config
         self.model, self.controller, self.seed = model, controller, seed
+        self.action = deep_action(columns, inject_think)
         self.inputs, self.targets, self.columns = inputs, targets, columns
         self.mc_samples = mc_samples
         self.base, self.top, self.blocks = cfg.steps_base, cfg.steps_reasoning, cfg.num_blocks
         self.base_correct = columns[f"correct_d{self.base}"]
         self.base_nll = columns[f"nll_d{self.base}"]
-        action = deep_action(columns)
-        self.helped = ~self.base_correct & columns[f"correct_{action}"]
+        self.helped = ~self.base_correct & columns[f"correct_{self.action}"]
         head = UncertaintyHead(model.token_embedding.weight, controller.top_k_dispersion)
         weights = controller_weights(controller)
         self.composite_of = lambda logits: head(logits, weights)[3]
@@ -100,7 +101,8 @@ class Sweep:
         deep, threshold = choose_deep(strategy, fraction, self.columns, self.helped, rng)
         score = self.composite_of if strategy == "composite" else None
         result, plan, joint_u = passes.adaptive(self.model, self.inputs, self.targets,
-                                                deep.reshape(self.targets.shape), score=score)
+                                                deep.reshape(self.targets.shape),
+                                                self.action == "think", score=score)
         point = self._point(strategy, fraction, self.base + deep.mean() * self.top,
                             result.correct.ravel(), result.nll.ravel())
         point.update(threshold=threshold, deep_share=float(deep.mean()), thinks=plan.thinks,
@@ -124,7 +126,8 @@ class Sweep:
         """The four-band controller with the checkpoint's calibrated thresholds."""
         bands = shipped_bands(self.columns, self.controller)
         result, plan, _ = passes.adaptive(self.model, self.inputs, self.targets,
-                                          bands["deep"].reshape(self.targets.shape))
+                                          bands["deep"].reshape(self.targets.shape),
+                                          self.action == "think")
         correct = np.where(bands["mc"], self.columns["correct_mc"], result.correct.ravel())
         nll = np.where(bands["mc"], self.columns["nll_mc"], result.nll.ravel())
         cost = (self.base + bands["deep"].mean() * self.top
@@ -181,7 +184,7 @@ def accuracy_vs_compute(sweep: Sweep, fractions: list[float], progress=lambda m:
                                 "difference": mean, "low": low, "high": high,
                                 "verdict": verdict(low, high)})
     return {"fractions": fractions, "points": points, "comparisons": comparisons,
-            "helped_share": float(sweep.helped.mean()), "deep_action": deep_action(sweep.columns),
+            "helped_share": float(sweep.helped.mean()), "deep_action": sweep.action,
             "steps_base": sweep.base, "steps_reasoning": sweep.top}
 
 

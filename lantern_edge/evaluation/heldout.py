@@ -104,8 +104,14 @@ def heldout_stream(evaluated: Evaluated, corpus: list[str] | None = None) -> tup
     """
     from tokenizers import Tokenizer
     train_config = evaluated.training.get("train_config") or {}
-    sources = corpus if corpus is not None else list(train_config.get("corpus") or [])
     val_fraction = float(train_config.get("val_fraction", 0.05))
+    note = None
+    if corpus is not None:
+        sources = list(corpus)
+    else:
+        sources = list(train_config.get("corpus") or [])
+        if sources and not any(Path(s).exists() for s in sources):
+            sources, val_fraction, note = _stdlib_instead(evaluated, sources)
     texts = load_corpus(sources, val_fraction)
     tokenizer = Tokenizer.from_str(evaluated.tokenizer_json)
     eos = evaluated.config.eos_token_id
@@ -116,7 +122,25 @@ def heldout_stream(evaluated: Evaluated, corpus: list[str] | None = None) -> tup
     stream = tokenize(tokenizer, texts.val, eos)
     info = {"source": texts.description["source"], "split": texts.description["split"],
             "files": texts.description["files_val"], "stream_tokens": int(len(stream))}
+    if note:
+        info["note"] = note
     return stream, info
+
+
+def _stdlib_instead(evaluated: Evaluated, sources: list[str]) -> tuple[list[str], float, str]:
+    """The standard library's split when the checkpoint's corpus was prepared from it (with
+    `lantern-edge corpus -o DIR`) and DIR is not on this machine: the split is a hash of each
+    file's relative path, so the same files are held out here."""
+    data = evaluated.training.get("data") or {}
+    origin = data.get("prepared_from") or data
+    if "standard library" not in str(origin.get("source", "")):
+        raise ValueError(
+            f"the checkpoint was trained on {', '.join(sources)}, which is not on this machine; "
+            f"pass the same corpus with --corpus DIR|FILE")
+    fraction = float(origin.get("val_fraction", 0.05))
+    return [], fraction, (f"the checkpoint's corpus {', '.join(sources)} is not here; it was "
+                          f"prepared from the {origin['source']}, whose split (by path hash, "
+                          f"{fraction}) this run reproduces from the local standard library")
 
 
 def make_windows(stream: np.ndarray, info: dict, config: ModelConfig, tokens: int,

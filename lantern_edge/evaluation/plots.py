@@ -56,6 +56,7 @@ def reliability(section: dict, path: Path) -> Path:
     top.legend(loc="upper left", fontsize=8)
     bottom.bar(centers, bins["counts"], width=width * 0.9, color="tab:gray")
     bottom.set_yscale("log")
+    bottom.yaxis.set_minor_formatter(plt.NullFormatter())
     bottom.set_ylabel("tokens")
     bottom.set_xlabel("confidence (probability of the top-1)")
     bottom.set_xlim(0, 1)

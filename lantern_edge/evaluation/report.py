@@ -6,7 +6,6 @@ import math
 
 import numpy as np
 
-FIGURE_COMMAND = "lantern-edge eval {checkpoint}--figure {name}"
 
 
 def _pct(x, digits: int = 1) -> str:
@@ -28,9 +27,9 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
 
 
 def _figure(name: str, run: dict) -> list[str]:
-    flag = "" if run.get("default_checkpoint") else f"--checkpoint {run['checkpoint']} "
+    flags = f"{run['flags']} " if run["flags"] else ""
     return [f"![{name}]({name}.png)", "",
-            f"Reproduce: `{FIGURE_COMMAND.format(checkpoint=flag, name=name)}`", ""]
+            f"Reproduce: `lantern-edge eval {flags}--figure {name}`", ""]
 
 
 def render(results: dict) -> str:
@@ -46,7 +45,8 @@ def render(results: dict) -> str:
              f"{'yes' if model['use_halting'] else 'no'}",
              f"- held-out text: {run['heldout']['source']}, validation split ({run['heldout']['split']}), "
              f"{run['heldout']['windows']} windows of {run['heldout']['window_length']} tokens = "
-             f"{run['heldout']['tokens']} teacher-forced predictions",
+             f"{run['heldout']['tokens']} teacher-forced predictions"
+             + (f" ({run['heldout']['note']})" if run["heldout"].get("note") else ""),
              f"- controller (from the checkpoint): U = {run['controller']['weight_entropy']}*H + "
              f"{run['controller']['weight_dispersion']}*dispersion - {run['controller']['weight_p_max']}*p_max, "
              f"tau = {run['controller']['tau_low']}/{run['controller']['tau_mid']}/{run['controller']['tau_high']}, "
@@ -179,12 +179,14 @@ def _phrase(verdict: str, rival: str) -> str:
 
 def _think(section: dict, run: dict) -> list[str]:
     utility = section["utility"]
-    rows = [[r["group"], r["action"], str(r["tokens"]), _pct(r["accuracy"], 2), _num(r["loss"])]
+    rows = [[r["group"], r["action"], str(r["tokens"]), _pct(r["accuracy"], 2), _num(r["loss"]),
+             _ci(r["versus_base"]) if r["versus_base"] and "base" not in r["action"] else ""]
             for r in utility["rows"]]
     lines = ["## THINK utility", "",
              "Each token's counterfactuals over the cheap context: the cheap pass, the token "
              "re-run at steps_reasoning, and a THINK after it run at steps_reasoning.", ""]
-    lines += _table(["tokens", "prediction", "count", "accuracy", "loss"], rows) + [""]
+    lines += _table(["tokens", "prediction", "count", "accuracy", "loss",
+                     "Δ accuracy vs base (points)"], rows) + [""]
     attention = section["attention"]
     if not attention.get("available"):
         return lines + [f"Attention to THINK: {attention.get('reason')}.", ""]

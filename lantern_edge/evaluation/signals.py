@@ -121,9 +121,10 @@ def _add(columns: dict[str, np.ndarray], name: str, result: passes.Outcome) -> N
     columns[f"top1_{name}"] = result.top1.ravel()
 
 
-def deep_action(columns: dict[str, np.ndarray]) -> str:
-    """The runtime's very-high action for these columns: "think" when the model has THINK."""
-    return "think" if "correct_think" in columns else "deepened"
+def deep_action(columns: dict[str, np.ndarray], inject_think: bool = True) -> str:
+    """The runtime's very-high action for these columns: "think" when the model has THINK and
+    inject_think (the runtime option) is on, else "deepened" (the token re-run deep)."""
+    return "think" if inject_think and "correct_think" in columns else "deepened"
 
 
 def signal_names(columns: dict[str, np.ndarray]) -> list[str]:

@@ -18,22 +18,26 @@ from ..model.config import ControllerConfig
 from ..model.modeling import LanternModel, visibility
 from . import passes
 from .compute import shipped_bands
+from .metrics import cluster_bootstrap_ci
 
 # distance from a query back to a THINK key, in positions: bins [low, high) with edges as
 # multiples of the window; the last bin, >= window, is what a THINK reaches only as a global
 DISTANCE_EDGES = (0.125, 0.25, 0.5, 1.0)
 
 
-def utility(columns: dict[str, np.ndarray], controller: ControllerConfig, steps_base: int) -> dict:
+def utility(columns: dict[str, np.ndarray], controller: ControllerConfig, steps_base: int,
+            seed: int = 0) -> dict:
     """Accuracy and loss of base / deepened / THINK on the controller's deep tokens and on all.
 
     Returns:
-        {"deep_tokens": count, "rows": [{"group", "action", "tokens", "accuracy", "loss"}]}.
+        {"deep_tokens": count, "rows": [{"group", "action", "tokens", "accuracy", "loss",
+        "versus_base": paired accuracy difference (mean, low, high), windows resampled}]}.
     """
     deep = shipped_bands(columns, controller)["deep"]
     groups = {"sent deep by the controller": deep, "all tokens": np.ones_like(deep)}
     actions = {"base (steps_base)": f"d{steps_base}", "deep recursion alone": "deepened",
                "THINK + deep recursion": "think"}
+    base = columns[f"correct_d{steps_base}"].astype(np.float64)
     rows = []
     for group, mask in groups.items():
         for label, key in actions.items():
@@ -41,9 +45,13 @@ def utility(columns: dict[str, np.ndarray], controller: ControllerConfig, steps_
             if correct is None:
                 continue
             count = int(mask.sum())
-            rows.append({"group": group, "action": label, "tokens": count,
-                         "accuracy": float(correct[mask].mean()) if count else None,
-                         "loss": float(nll[mask].mean()) if count else None})
+            row = {"group": group, "action": label, "tokens": count,
+                   "accuracy": float(correct[mask].mean()) if count else None,
+                   "loss": float(nll[mask].mean()) if count else None, "versus_base": None}
+            if count:
+                row["versus_base"] = list(cluster_bootstrap_ci(
+                    correct[mask] - base[mask], columns["window"][mask], seed=seed))
+            rows.append(row)
     return {"deep_tokens": int(deep.sum()), "rows": rows}
 
 
