@@ -35,22 +35,22 @@ def _figure(name: str, run: dict) -> list[str]:
 def render(results: dict) -> str:
     """The whole EVAL.md for the sections present in results."""
     run, sections = results["run"], results["sections"]
-    model = run["model"]
+    model, heldout, ctl = run["model"], run["heldout"], run["controller"]
+    yes = lambda flag: "yes" if flag else "no"  # noqa: E731
+    note = f" ({heldout['note']})" if heldout.get("note") else ""
     lines = ["# lantern-edge eval", "",
              f"- checkpoint: `{run['checkpoint']}` (sha256 {run['sha256'][:12]})",
              f"- model: {model['parameters']:,} parameters, hidden {model['hidden_size']}, "
              f"vocab {model['vocab_size']}, window {model['window_size']}, steps "
              f"{model['steps_base']}/{model['steps_reasoning']}, THINK "
-             f"{'yes' if model['think_token_id'] is not None else 'no'}, halting "
-             f"{'yes' if model['use_halting'] else 'no'}",
-             f"- held-out text: {run['heldout']['source']}, validation split ({run['heldout']['split']}), "
-             f"{run['heldout']['windows']} windows of {run['heldout']['window_length']} tokens = "
-             f"{run['heldout']['tokens']} teacher-forced predictions"
-             + (f" ({run['heldout']['note']})" if run["heldout"].get("note") else ""),
-             f"- controller (from the checkpoint): U = {run['controller']['weight_entropy']}*H + "
-             f"{run['controller']['weight_dispersion']}*dispersion - {run['controller']['weight_p_max']}*p_max, "
-             f"tau = {run['controller']['tau_low']}/{run['controller']['tau_mid']}/{run['controller']['tau_high']}, "
-             f"lambda {run['controller']['lambda_epistemic']}; MC: {run['mc_samples']} samples; seed {run['seed']}",
+             f"{yes(model['think_token_id'] is not None)}, halting {yes(model['use_halting'])}",
+             f"- held-out text: {heldout['source']}, validation split ({heldout['split']}), "
+             f"{heldout['windows']} windows of {heldout['window_length']} tokens = "
+             f"{heldout['tokens']} teacher-forced predictions{note}",
+             f"- controller (from the checkpoint): U = {ctl['weight_entropy']}*H + "
+             f"{ctl['weight_dispersion']}*dispersion - {ctl['weight_p_max']}*p_max, tau = "
+             f"{ctl['tau_low']}/{ctl['tau_mid']}/{ctl['tau_high']}, lambda "
+             f"{ctl['lambda_epistemic']}; MC: {run['mc_samples']} samples; seed {run['seed']}",
              "", "How it is measured: " + " ".join(run["method"]), ""]
     for name, render_section in (("signals", _signals), ("compute", _compute),
                                  ("think", _think), ("retrieval", _retrieval)):
@@ -93,8 +93,11 @@ def _compute(section: dict, run: dict) -> list[str]:
              "shipped": "shipped controller"}
     rows = []
     for p in section["points"]:
-        setting = (f"depth {p['setting']}" if p["strategy"] == "fixed" else
-                   p["setting"] if isinstance(p["setting"], str) else f"{_pct(p['setting'], 0)} of tokens")
+        if p["strategy"] == "fixed":
+            setting = f"depth {p['setting']}"
+        else:
+            setting = (p["setting"] if isinstance(p["setting"], str)
+                       else f"{_pct(p['setting'], 0)} of tokens")
         extra = []
         if "deep_share" in p and p["strategy"] != "fixed":
             extra.append(f"deep {_pct(p['deep_share'])}")
@@ -106,21 +109,24 @@ def _compute(section: dict, run: dict) -> list[str]:
             extra.append(f"flipped {_pct(p['flipped'])}")
         rows.append([names[p["strategy"]], setting, _num(p["cost"], 2), _pct(p["accuracy"], 2),
                      _num(p["loss"]), _ci(p["gain_vs_base"]), ", ".join(extra)])
+    action = ("THINK + steps_reasoning (re-run in place once the window has no global slot "
+              "left)" if section["deep_action"] == "think" else
+              "re-running the token at steps_reasoning (--no-think)")
     lines = ["## Accuracy vs compute", "",
              "Cost = mean block iterations per token (the runtime's `mean_iterations_per_block`: "
              "the cheap pass, plus steps_reasoning for a token sent deep, plus mc_samples / "
              "num_blocks for an MC refinement). Δ = accuracy minus the cheap pass's, in points, "
              "with a 95% interval resampling whole windows. \"flipped\": share of cheap tokens "
              "whose U, in the context the deep tokens left, would have crossed the threshold "
-             f"(the size of the decision approximation). The deep action is "
-             f"{'THINK + steps_reasoning (re-run in place once the window has no global slot left)' if section['deep_action'] == 'think' else 're-running the token at steps_reasoning'}; "
-             f"it fixes the top-1 of {_pct(section['helped_share'])} of tokens (the oracle's ceiling).", ""]
+             f"(the size of the decision approximation). The deep action is {action}; it fixes "
+             f"the top-1 of {_pct(section['helped_share'])} of tokens (the oracle's ceiling).", ""]
     lines += _table(["strategy", "setting", "cost", "accuracy", "loss", "Δ accuracy vs cheap",
                      "notes"], rows) + [""]
     lines += _figure("compute", run)
-    lines += ["Paired comparisons of the composite trigger (same tokens, 95% interval over windows):", ""]
+    lines += ["Paired comparisons of the composite trigger (same tokens, 95% interval over "
+              "windows):", ""]
     rows = [[_pct(c["share"], 0), _num(c["cost"], 2),
-             f"{c['versus'][0]} {'depth ' + str(c['versus'][1]) if c['versus'][0] == 'fixed' else ''}".strip(),
+             f"fixed depth {c['versus'][1]}" if c["versus"][0] == "fixed" else c["versus"][0],
              _ci((c["difference"], c["low"], c["high"])), c["verdict"]]
             for c in section["comparisons"]]
     lines += _table(["composite sends deep", "cost", "versus", "Δ accuracy (points)", "verdict"],
@@ -140,13 +146,15 @@ def statements(section: dict) -> list[str]:
             out.append(f"At equal cost {c['cost']:.2f} (fixed depth {other[1]}), sending the "
                        f"{_pct(c['share'], 0)} most uncertain tokens deep gives "
                        f"{_pct(mine['accuracy'], 2)} vs {_pct(theirs['accuracy'], 2)}: "
-                       f"{_phrase(c['verdict'], 'fixed depth')} ({_ci((c['difference'], c['low'], c['high']))} points).")
+                       f"{_phrase(c['verdict'], 'fixed depth')} "
+                       f"({_ci((c['difference'], c['low'], c['high']))} points).")
     for rival in ("random", "entropy"):
         found = [c for c in section["comparisons"] if c["versus"][0] == rival]
         better = [c for c in found if c["verdict"] == "better"]
         worse = [c for c in found if c["verdict"] == "worse"]
         out.append(f"Composite vs {rival} at the same share of deep tokens: better at "
-                   f"{len(better)} of {len(found)} budgets, worse at {len(worse)}, the rest within noise.")
+                   f"{len(better)} of {len(found)} budgets, worse at {len(worse)}, the rest "
+                   f"within noise.")
     composite = sorted((p for p in section["points"] if p["strategy"] == "composite"),
                        key=lambda p: p["cost"])
     costs, accuracies = [p["cost"] for p in fixed], [p["accuracy"] for p in fixed]
@@ -193,10 +201,12 @@ def _think(section: dict, run: dict) -> list[str]:
     lines += [f"Attention to THINK tokens: with the shipped controller's {attention['thinks']} "
               f"THINKs in place, {attention['queries']} later cheap tokens see at least one. "
               f"Their attention mass on THINK keys (mean over heads, blocks, cheap iterations) "
-              f"is {_pct(attention['mass_on_thinks'])}, against {_pct(attention['uniform_mass_on_thinks'])} "
-              f"under uniform attention over the visible keys; position 0 (the other global "
+              f"is {_pct(attention['mass_on_thinks'])}, against "
+              f"{_pct(attention['uniform_mass_on_thinks'])} under uniform attention over the "
+              f"visible keys; position 0 (the other global "
               f"token) gets {_pct(attention['mass_on_position_0'])}.", ""]
-    rows = [[f"{b['from']:.0f}-{b['to']:.0f}" if b["to"] is not None else f">= {b['from']:.0f} (beyond the window)",
+    rows = [[f"{b['from']:.0f}-{b['to']:.0f}" if b["to"] is not None
+             else f">= {b['from']:.0f} (beyond the window)",
              str(b["pairs"]), _pct(b["attention"], 2), _pct(b["uniform"], 2)]
             for b in attention["by_distance"]]
     lines += _table(["distance to the THINK", "query-THINK pairs", "attention to it",
