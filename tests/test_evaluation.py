@@ -235,10 +235,10 @@ def test_eval_cli_end_to_end(tiny_checkpoint, tmp_path):
 def test_eval_cli_errors(tmp_path, capsys, monkeypatch):
     from lantern_edge.evaluation import cli, heldout
     assert cli.main(["--checkpoint", str(tmp_path / "missing.pt"), "-o", str(tmp_path)]) == 2
-    assert "checkpoint not found" in capsys.readouterr().err
-    monkeypatch.setattr(heldout, "DEFAULT_CHECKPOINT", tmp_path / "default_model" / "checkpoint.pt")
-    assert cli.main(["-o", str(tmp_path)]) == 2
-    assert "--checkpoint PATH" in capsys.readouterr().err
+    assert "not found" in capsys.readouterr().err
+    monkeypatch.setattr(heldout, "DEFAULT_MODEL_DIR", tmp_path)      # no lantern.json there
+    assert cli.main(["-o", str(tmp_path / "out")]) == 2
+    assert "not a LANTERN artifacts directory" in capsys.readouterr().err
     assert cli.main(["--tokens", "0"]) == 2
     assert "--tokens must be >= 1" in capsys.readouterr().err
     assert cli.main(["--figure", "nope"]) == 2
@@ -265,3 +265,15 @@ def test_retrieval_examples_place_the_value(tiny_checkpoint):
         assert closing == '"\n'                              # the definition ends at definition_end
         assert torch.equal(control[0][row, index + 1], use)   # same key and value in the control
         assert not torch.equal(control[0][row, index + 1 - int(distance[row])], definition)
+
+
+def test_eval_runs_on_an_artifacts_directory_as_on_its_checkpoint(tmp_path, tiny_checkpoint,
+                                                                   tiny_artifacts):
+    """The shipped model has no checkpoint: the reference is rebuilt from its graphs."""
+    from lantern_edge.cli import main as lantern_main
+    for name, source in (("ckpt", tiny_checkpoint), ("art", tiny_artifacts)):
+        assert lantern_main(["eval", "--model", str(source), "-o", str(tmp_path / name),
+                             "--figure", "reliability", "--no-figures", *ARGS]) == 0
+    a, b = (json.loads((tmp_path / n / "eval.json").read_text()) for n in ("ckpt", "art"))
+    assert a["sections"]["signals"] == b["sections"]["signals"]
+    assert a["run"]["sha256"] == b["run"]["sha256"]              # the checkpoint the graphs came from

@@ -47,9 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "AUROC and calibration, accuracy vs compute against fixed depth, random "
                     "and oracle allocation, THINK utility, sliding-window retrieval.",
         epilog="Example: lantern-edge eval --checkpoint tiny.pt --tokens 2048 -o eval_tiny")
-    parser.add_argument("--checkpoint", metavar="PATH", default=None,
-                        help="checkpoint to evaluate (default: the shipped "
-                             "lantern_edge/default_model/checkpoint.pt)")
+    parser.add_argument("--checkpoint", "--model", metavar="PATH", default=None,
+                        help="checkpoint or artifacts directory to evaluate (default: the "
+                             "shipped model, its reference rebuilt from its fp32 graphs)")
     parser.add_argument("-o", "--output", default="eval_results", metavar="DIR",
                         help="where eval.json, EVAL.md and the PNGs go")
     parser.add_argument("--figure", choices=sorted(FIGURES), default=None,

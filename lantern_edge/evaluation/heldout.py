@@ -24,7 +24,7 @@ from ..model.training import tokenize
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_CHECKPOINT = Path(__file__).resolve().parents[1] / "default_model" / "checkpoint.pt"
+DEFAULT_MODEL_DIR = Path(__file__).resolve().parents[1] / "default_model"   # runtime's too
 
 
 @dataclass
@@ -56,35 +56,36 @@ class Windows:
         return int(self.targets.numel())
 
 
-def resolve_checkpoint(path: str | Path | None) -> Path:
-    """The checkpoint to evaluate: path, or the shipped default model's checkpoint.
+def load_evaluated(path: str | Path | None) -> Evaluated:
+    """Load the model to evaluate, in eval mode: a checkpoint (ours or upstream), an artifacts
+    directory (or its model.onnx: the reference model is rebuilt from its fp32 graphs), or
+    None for the shipped default model.
 
     Raises:
-        CheckpointError: no path given and no default checkpoint installed, or a missing path.
+        CheckpointError / ArtifactError: a missing or unusable checkpoint or artifacts directory.
     """
-    if path is None:
-        if not DEFAULT_CHECKPOINT.is_file():
-            raise CheckpointError(
-                f"no default checkpoint at {DEFAULT_CHECKPOINT} (this install ships none); pass "
-                f"--checkpoint PATH, e.g. one written by `lantern-edge train -o PATH`")
-        return DEFAULT_CHECKPOINT
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint not found: {path}; pass the .pt file written by "
-                              f"`lantern-edge train`")
-    return path
-
-
-def load_evaluated(path: str | Path | None) -> Evaluated:
-    """Load a checkpoint (ours or upstream) for evaluation; the model is put in eval mode."""
-    path = resolve_checkpoint(path)
-    ckpt: Checkpoint = load_checkpoint(path)
+    path = DEFAULT_MODEL_DIR if path is None else Path(path)
+    if path.is_dir() or path.suffix == ".onnx":
+        from ..export.reimport import checkpoint_from_artifacts
+        ckpt = checkpoint_from_artifacts(path)
+        # the checkpoint the graphs were exported from, as recorded in the manifest
+        digest = _manifest_checkpoint_sha256(path)
+    elif path.is_file():
+        ckpt = load_checkpoint(path)
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    else:
+        raise CheckpointError(f"not found: {path}; pass a checkpoint written by `lantern-edge "
+                              f"train` or an artifacts directory written by `lantern-export`")
     if ckpt.tokenizer_json is None:
         raise CheckpointError(f"{path} has no tokenizer (an upstream checkpoint needs its "
                               f"vocab.json beside it) so held-out text cannot be encoded")
-    digest = hashlib.sha256(path.read_bytes()).hexdigest()
     return Evaluated(path, digest, ckpt.build_model(), ckpt.controller_config,
                      ckpt.tokenizer_json, ckpt.training)
+
+
+def _manifest_checkpoint_sha256(path: Path) -> str:
+    from ..runtime.artifacts import open_artifacts
+    return str(open_artifacts(path).manifest["producer"].get("checkpoint_sha256", ""))
 
 
 def default_window_length(evaluated: Evaluated) -> int:
