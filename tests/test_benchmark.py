@@ -99,35 +99,42 @@ def test_bench_end_to_end(bench_artifacts, tmp_path, capsys):
     assert "## Decode" in printed
 
 
-def test_bench_skips_rows_it_cannot_run_with_the_reason(tiny_artifacts, tmp_path):
-    """The plain tiny artifacts have no INT8 graphs and no checkpoint beside them."""
+def test_bench_rebuilds_the_reference_and_skips_what_it_cannot_run(tiny_artifacts, tmp_path):
+    """The plain tiny artifacts have no INT8 graphs and no checkpoint beside them: the PyTorch
+    reference is rebuilt from the fp32 graphs, the INT8 rows are skipped with the fix."""
     out = tmp_path / "results"
     rc = lantern_main(["bench", "--model", str(tiny_artifacts), "--tokens", "4",
                        "--prompt-lengths", "8", "--threads", "1", "--repeats", "1",
-                       "-o", str(out)])
+                       "--configs", "pytorch-kv", "onnx-fp32", "onnx-int8", "-o", str(out)])
     assert rc == 0
     results = json.loads((out / "bench.json").read_text())
     reasons = {c["name"]: c["skipped"] for c in results["configurations"]}
-    assert "--checkpoint" in reasons["pytorch-full"] and "--checkpoint" in reasons["pytorch-kv"]
+    assert reasons == {"pytorch-kv": None, "onnx-fp32": None, "onnx-int8": reasons["onnx-int8"]}
     assert "lantern-edge quantize" in reasons["onnx-int8"]
-    assert reasons["onnx-fp32"] is None and reasons["onnx-fp32-adaptive"] is None
-    for row in results["decode"] + results["ttft"]:
-        assert bool(row["skipped"]) == (reasons[row["configuration"]] is not None)
-    assert [r["tok_s"] > 0 for r in results["decode"] if not r["skipped"]] == [True, True]
+    assert results["model"]["checkpoint"] == "rebuilt from the fp32 graphs"
+    decode = {r["configuration"]: r for r in results["decode"]}
+    assert decode["onnx-int8"]["skipped"] == reasons["onnx-int8"]
+    assert decode["pytorch-kv"]["tokens_agree"] == decode["pytorch-kv"]["tokens_compared"] == 4
+    assert [r["precision"] for r in results["cost_shape"]] == ["fp32", "int8"]
+    assert results["cost_shape"][1]["skipped"] == reasons["onnx-int8"]
     markdown = (out / "BENCH.md").read_text()
-    assert markdown.count("skipped [") >= 8 and reasons["pytorch-kv"] in markdown
+    assert "skipped [" in markdown and reasons["onnx-int8"] in markdown
 
 
-def test_bench_without_torch_skips_the_pytorch_rows(tiny_artifacts, tiny_checkpoint,
-                                                    monkeypatch):
-    monkeypatch.setattr(suite, "torch_installed", lambda: False)
-    settings = suite.BenchSettings(model=tiny_artifacts, checkpoint=tiny_checkpoint,
-                                   tokens=(4,), prompt_lengths=(8,), repeats=1,
-                                   configurations=("pytorch-full", "pytorch-kv"))
+@pytest.mark.parametrize("missing, reason", [
+    ("torch", "torch is not installed"),
+    ("onnx", "pass --checkpoint PT"),
+])
+def test_bench_without_torch_or_a_way_to_the_reference_skips_the_pytorch_rows(
+        tiny_artifacts, monkeypatch, missing, reason):
+    monkeypatch.setattr(suite, "installed", lambda module: module != missing)
+    settings = suite.BenchSettings(model=tiny_artifacts, tokens=(4,), prompt_lengths=(8,),
+                                   repeats=1, configurations=("pytorch-full", "pytorch-kv"))
     results = suite.run_benchmark(settings)
     for row in results["decode"] + results["ttft"]:
-        assert "torch is not installed" in row["skipped"]
+        assert reason in row["skipped"]
     assert results["cost_shape"] == [] and results["memory"] == []
+    assert results["model"]["checkpoint"] is None
 
 
 def test_worker_runs_the_onnx_rows_without_torch(tiny_artifacts):
@@ -144,7 +151,7 @@ def test_worker_runs_the_onnx_rows_without_torch(tiny_artifacts):
 
 def test_full_recompute_past_its_time_box_interpolates_the_rest(tiny_checkpoint):
     from lantern_edge.benchmark.reference import full_recompute, incremental, load_model
-    model = load_model(tiny_checkpoint, threads=1)
+    model = load_model(tiny_checkpoint, None, threads=1)
     prompt = [0, 40, 41, 42, 43]
     boxed = full_recompute(model, prompt, tokens=9, time_box=0.0, tail_samples=3)
     assert boxed["estimated"] and boxed["measured_tokens"] == 1 and boxed["tokens"] == 9

@@ -28,8 +28,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="artifacts directory (or its model.onnx); 'default': the shipped model")
     p.add_argument("--checkpoint", type=Path, default=None, metavar="PT",
                    help="checkpoint the artifacts were exported from, for the PyTorch rows "
-                        "(default: DIR/checkpoint.pt if present; without one, or without torch, "
-                        "those rows are skipped with the reason)")
+                        "(default: DIR/checkpoint.pt if present, else the reference rebuilt from "
+                        "the fp32 graphs; without torch those rows are skipped with the reason)")
     p.add_argument("--tokens", type=int, nargs="+", default=[128, 512, 2048], metavar="N",
                    help="new tokens per decode run")
     p.add_argument("--prompt-lengths", type=int, nargs="+", default=[32, 256, 1024],

@@ -31,20 +31,34 @@ def _import_torch():
     return torch
 
 
-def load_model(checkpoint: str | Path, threads: int):
-    """The reference model of `checkpoint` in eval mode, torch limited to `threads` threads."""
+def _checkpoint(checkpoint: str | Path | None, artifacts: str | Path):
+    """The checkpoint file, or (None) the one rebuilt from the artifacts' fp32 graphs."""
+    if checkpoint is not None:
+        from ..model.checkpoint import load_checkpoint
+        return load_checkpoint(checkpoint)
+    from ..export.reimport import checkpoint_from_artifacts
+    return checkpoint_from_artifacts(artifacts)
+
+
+def load_model(checkpoint: str | Path | None, artifacts: str | Path, threads: int):
+    """The reference model in eval mode, torch limited to `threads` threads.
+
+    Args:
+        checkpoint: the checkpoint the artifacts were exported from; None: rebuild it from
+            the artifacts' fp32 graphs (lantern_edge.export.reimport, needs onnx).
+        artifacts: the artifacts directory.
+        threads: torch intra-op threads.
+    """
     torch = _import_torch()
-    from ..model.checkpoint import load_checkpoint
     torch.set_num_threads(threads)
-    return load_checkpoint(checkpoint).build_model()
+    return _checkpoint(checkpoint, artifacts).build_model()
 
 
-def describe_checkpoint(checkpoint: str | Path) -> dict:
-    """The checkpoint's model config and torch's version, for the suite to check against the
+def describe_checkpoint(checkpoint: str | Path | None, artifacts: str | Path) -> dict:
+    """The reference's model config and torch's version, for the suite to check against the
     artifacts before timing anything."""
     torch = _import_torch()
-    from ..model.checkpoint import load_checkpoint
-    ckpt = load_checkpoint(checkpoint)
+    ckpt = _checkpoint(checkpoint, artifacts)
     return dict(model_config=ckpt.model_config.to_dict(), torch_version=torch.__version__,
                 parameters=sum(v.numel() for v in ckpt.state_dict.values()))
 

@@ -4,15 +4,8 @@ from __future__ import annotations
 
 from .analysis import busiest
 from .bands import BAND_WORK, FORCED
+from .suite import LABELS
 
-LABELS = {
-    "pytorch-full": "PyTorch full recompute (upstream generate)",
-    "pytorch-kv": "PyTorch + KV state (IncrementalDecoder)",
-    "onnx-fp32": "ONNX fp32, adaptive off",
-    "onnx-fp32-adaptive": "ONNX fp32, adaptive on",
-    "onnx-int8": "ONNX INT8, adaptive off",
-    "onnx-int8-adaptive": "ONNX INT8, adaptive on",
-}
 
 
 class _Notes:
@@ -171,14 +164,14 @@ def render(results: dict) -> str:
     """The whole BENCH.md."""
     s, m, machine = results["settings"], results["model"], results["machine"]
     cfg, notes = m["config"], _Notes()
-    checkpoint = f"`{m['checkpoint']}`" if m["checkpoint"] else "none"
+    checkpoint = m["checkpoint"] or "none"
     out = [
         "# lantern-edge bench", "",
         f"`{results['command']}`", "",
         f"- model: `{m['path']}` (hidden {cfg['hidden_size']}, {cfg['num_blocks']} blocks, "
         f"vocab {cfg['vocab_size']}, window {cfg['window_size']}, max_position "
         f"{cfg['max_position']}, steps {cfg['steps_base']}/{cfg['steps_reasoning']}); "
-        f"checkpoint: {checkpoint}",
+        f"PyTorch reference: {checkpoint}",
         f"- machine: {machine['cpu']}, {machine['cpus']} CPUs, load average "
         f"{machine['load_average_before']} before, {machine['load_average_after']} after; "
         f"Python {machine['python']}, onnxruntime {machine['onnxruntime']}, torch "

@@ -37,15 +37,14 @@ class Configuration:
 
 
 CONFIGURATIONS = (
-    Configuration("pytorch-full", "PyTorch, full recompute per token (upstream generate)",
-                  "torch-full"),
-    Configuration("pytorch-kv", "PyTorch reference with KV state (IncrementalDecoder)",
-                  "torch-kv"),
-    Configuration("onnx-fp32", "ONNX runtime fp32, adaptive off", "onnx", "fp32", False),
-    Configuration("onnx-fp32-adaptive", "ONNX runtime fp32, adaptive on", "onnx", "fp32", True),
-    Configuration("onnx-int8", "ONNX runtime INT8, adaptive off", "onnx", "int8", False),
-    Configuration("onnx-int8-adaptive", "ONNX runtime INT8, adaptive on", "onnx", "int8", True),
+    Configuration("pytorch-full", "PyTorch full recompute (upstream generate)", "torch-full"),
+    Configuration("pytorch-kv", "PyTorch + KV state (IncrementalDecoder)", "torch-kv"),
+    Configuration("onnx-fp32", "ONNX fp32, adaptive off", "onnx", "fp32", False),
+    Configuration("onnx-fp32-adaptive", "ONNX fp32, adaptive on", "onnx", "fp32", True),
+    Configuration("onnx-int8", "ONNX INT8, adaptive off", "onnx", "int8", False),
+    Configuration("onnx-int8-adaptive", "ONNX INT8, adaptive on", "onnx", "int8", True),
 )
+LABELS = {c.name: c.label for c in CONFIGURATIONS}
 NAMES = tuple(c.name for c in CONFIGURATIONS)
 
 
@@ -54,7 +53,8 @@ class BenchSettings:
     """What to measure. Validated on construction (ValueError naming the field)."""
 
     model: Path                                  # artifacts directory
-    checkpoint: Path | None = None               # for the PyTorch rows; None: DIR/checkpoint.pt
+    checkpoint: Path | None = None               # PyTorch rows; None: DIR/checkpoint.pt, else
+                                                 # the reference rebuilt from the fp32 graphs
     tokens: tuple[int, ...] = (128, 512, 2048)   # new tokens per decode run
     prompt_lengths: tuple[int, ...] = (32, 256, 1024)  # TTFT prompts; decode uses the shortest
     threads: tuple[int, ...] = (2,)              # intra-op threads (torch: set_num_threads)
@@ -122,18 +122,21 @@ def run_benchmark(settings: BenchSettings,
     groups = _jobs(plan, decode_prompt, {n: prompt_of_length(ids, n, bos)
                                          for n in settings.prompt_lengths})
     rows: dict[str, list[dict]] = {"decode": [], "ttft": [], "cost_shape": []}
-    total, done = sum(len(group) for _, group in groups), 0
     for section, group in groups:
+        rounds = settings.repeats if section == "decode" else 1
+        for row, job in group:
+            if job is None:
+                progress(_describe(section, row))
         # decode: one timed run per process, in rounds over the group's configurations, so
         # that a burst of load from other processes hits one round, not one configuration
-        for _ in range(settings.repeats if section == "decode" else 1):
+        for round_ in range(1, rounds + 1):
             for row, job in group:
                 if job is not None and not row.get("error") and not row.get("enough"):
                     _run(row, job, settings)
+                    progress(_describe(section, row, f" round {round_}/{rounds}"
+                                       if rounds > 1 else ""))
         for row, _ in group:
             row.pop("enough", None)
-            done += 1
-            progress(f"[{done}/{total}] {_describe(section, row)}")
             rows[section].append(row)
     return dict(
         schema=SCHEMA, lantern_edge=__version__,
@@ -154,10 +157,13 @@ def run_benchmark(settings: BenchSettings,
 # --- planning ---------------------------------------------------------------------------------
 
 def _model_info(artifacts, plan: _Plan) -> dict:
+    torch_rows = [c.name for c in CONFIGURATIONS if c.engine != "onnx" and c.name not in
+                  plan.skipped and c.name in plan.settings.configurations]
+    reference = None if not torch_rows else (str(plan.checkpoint) if plan.checkpoint
+                                             else "rebuilt from the fp32 graphs")
     return dict(path=str(artifacts.root), precisions=artifacts.precisions,
                 config=artifacts.model_config.to_dict(),
-                controller=artifacts.controller.to_dict(),
-                checkpoint=str(plan.checkpoint) if plan.checkpoint else None)
+                controller=artifacts.controller.to_dict(), checkpoint=reference)
 
 
 def _special_ids(config) -> set[int]:
@@ -186,30 +192,37 @@ def _plan(settings: BenchSettings, artifacts, progress) -> _Plan:
     return plan
 
 
-def torch_installed() -> bool:
-    """Whether torch can be imported (probed without importing it)."""
-    return importlib.util.find_spec("torch") is not None
+def installed(module: str) -> bool:
+    """Whether `module` can be imported (probed without importing it)."""
+    return importlib.util.find_spec(module) is not None
 
 
 def _torch_reason(plan: _Plan, artifacts, progress) -> str | None:
-    """Why the PyTorch rows cannot run (None: they can); checks the checkpoint is the model."""
+    """Why the PyTorch rows cannot run (None: they can); checks the reference is the model.
+
+    Without a checkpoint the reference is rebuilt from the artifacts' fp32 graphs
+    (lantern_edge.export.reimport), which also needs onnx.
+    """
     wanted = [c for c in CONFIGURATIONS if c.engine != "onnx"
               and c.name in plan.settings.configurations]
     if not wanted:
         return None
-    if not torch_installed():
+    if not installed("torch"):
         return f"torch is not installed ({TORCH_FIX})"
-    if plan.checkpoint is None:
-        return ("no checkpoint: pass --checkpoint PT (the checkpoint these artifacts were "
-                "exported from), or put it in the artifacts directory as checkpoint.pt")
-    if not plan.checkpoint.is_file():
+    if plan.checkpoint is None and not installed("onnx"):
+        return (f"no checkpoint, and rebuilding the reference from the graphs needs onnx: pass "
+                f"--checkpoint PT (the checkpoint these artifacts were exported from) or "
+                f"{TORCH_FIX}")
+    if plan.checkpoint is not None and not plan.checkpoint.is_file():
         return f"checkpoint not found: {plan.checkpoint}"
+    source = str(plan.checkpoint) if plan.checkpoint else "the artifacts' fp32 graphs"
     try:
-        info = run_in_subprocess(dict(kind="checkpoint", checkpoint=str(plan.checkpoint)),
+        info = run_in_subprocess(dict(kind="checkpoint", model=str(artifacts.root),
+                                      checkpoint=plan.checkpoint and str(plan.checkpoint)),
                                  plan.settings.job_timeout)["result"]
     except WorkerError as e:
-        return f"cannot read the checkpoint {plan.checkpoint}: {e}"
-    progress(f"checkpoint {plan.checkpoint}: {info['parameters']:,} parameters, "
+        return f"cannot build the PyTorch reference from {source}: {e}"
+    progress(f"PyTorch reference from {source}: {info['parameters']:,} parameters, "
              f"torch {info['torch_version']}")
     plan.torch_version = info["torch_version"]
     expected = artifacts.model_config.to_dict()
@@ -220,7 +233,10 @@ def _torch_reason(plan: _Plan, artifacts, progress) -> str | None:
                 f"(checkpoint vs artifacts: {'; '.join(differ[:3])}); pass the checkpoint they "
                 f"were exported from")
     exported_from = artifacts.manifest.get("producer", {}).get("checkpoint_sha256")
-    if exported_from and sha256_of(plan.checkpoint) != exported_from:
+    if plan.checkpoint is None:
+        plan.notes.append("The PyTorch reference was rebuilt from the artifacts' fp32 graphs "
+                          "(lantern_edge.export.reimport: the same weights, exactly).")
+    elif exported_from and sha256_of(plan.checkpoint) != exported_from:
         plan.notes.append(f"{plan.checkpoint} has the artifacts' shape but not the sha256 they "
                           f"were exported from: PyTorch timings compare, token agreement may not")
     return None
@@ -317,18 +333,19 @@ def _merge_round(row: dict, result: dict) -> None:
     row["runs"] = runs
 
 
-def _describe(section: str, row: dict) -> str:
+def _describe(section: str, row: dict, round_: str = "") -> str:
     what = row.get("configuration") or f"onnx-{row.get('precision')} bands"
     head = f"{section} {what} threads={row['threads']}"
     if "tokens_requested" in row and section == "decode":
-        head += f" tokens={row['tokens_requested']}"
+        head += f" tokens={row['tokens_requested']}{round_}"
     if row.get("skipped"):
         return f"{head}: skipped ({row['skipped']})"
     if row.get("error"):
         return f"{head}: FAILED ({row['error']})"
     if section == "decode":
         est = " (est.)" if row.get("estimated") else ""
-        return f"{head}: {row['tok_s']:,.0f} tok/s{est}, peak RSS {row['peak_rss_mib']:.0f} MiB"
+        return (f"{head}: best {row['tok_s']:,.1f} tok/s{est}, peak RSS "
+                f"{row['peak_rss_mib']:.0f} MiB")
     if section == "ttft":
         return head + ": " + ", ".join(f"{n} tokens {v['ttft_ms']:.1f} ms"
                                        for n, v in row["prompts"].items())

@@ -52,11 +52,12 @@ def run_job(job: dict) -> dict:
     kind, engine = job["kind"], job.get("engine", "onnx")
     if kind == "checkpoint":
         from .reference import describe_checkpoint
-        return dict(result=describe_checkpoint(job["checkpoint"]), peak_rss_mib=peak_rss_mib(),
+        return dict(result=describe_checkpoint(job["checkpoint"], job["model"]),
+                    peak_rss_mib=peak_rss_mib(),
                     rss_loaded_mib=None, seconds=time.perf_counter() - began)
     if engine in TORCH_ENGINES:
         from . import reference as measure
-        target = measure.load_model(job["checkpoint"], job["threads"])
+        target = measure.load_model(job["checkpoint"], job["model"], job["threads"])
         method = "full" if engine == "torch-full" else "incremental"
         args = dict(method=method)
     else:
