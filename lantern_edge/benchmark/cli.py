@@ -81,7 +81,8 @@ def main(argv: list[str] | None = None) -> int:
             tokens=tuple(args.tokens), prompt_lengths=tuple(args.prompt_lengths),
             threads=tuple(args.threads), repeats=args.repeats, time_box=args.time_box,
             band_tokens=args.band_tokens, configurations=tuple(args.configs))
-        results = run_benchmark(settings, progress, "lantern-edge bench " + shlex.join(argv))
+        results = run_benchmark(settings, progress,
+                                " ".join(["lantern-edge bench", shlex.join(argv)]).strip())
     except (LanternError, ValueError) as e:
         print(f"lantern-edge bench: {e}", file=sys.stderr)
         return 2

@@ -152,11 +152,13 @@ def agreement_lines(results: dict) -> list[str]:
     for r in results["decode"]:
         if "tokens_compared" in r:
             same = r["tokens_agree"] == r["tokens_compared"]
-            lines.append(f"- {LABELS[r['configuration']]}, {r['tokens_requested']} tokens: "
+            lines.append(f"- {LABELS[r['configuration']]}, {r['threads']} thr, "
+                         f"{r['tokens_requested']} tokens: "
                          + ("the same greedy tokens as ONNX fp32 (all "
                             f"{r['tokens_compared']})" if same else
-                            f"first {r['tokens_agree']} of {r['tokens_compared']} greedy tokens "
-                            f"equal to ONNX fp32's"))
+                            f"the first {r['tokens_agree']} of {r['tokens_compared']} greedy "
+                            f"tokens equal to ONNX fp32's (after one differs the continuations "
+                            f"part)"))
     return lines
 
 
