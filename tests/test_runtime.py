@@ -455,3 +455,16 @@ def test_cli_generate_streams_traces_and_prints_json(tiny_artifacts):
     proc = run("def f(x):", "--model", str(tiny_artifacts), "--max-new-tokens", "16",
                "--no-adaptive", "--stop", stop)
     assert proc.returncode == 0 and stop in proc.stdout and len(proc.stdout) <= len(free) + 1
+
+
+def test_a_prompt_longer_than_the_window_is_prefilled_in_chunks_exactly(tiny, tiny_model):
+    """Prefill runs window-sized chunks; every position's logits equal the reference's."""
+    prompt = tiny.encode("import os\nimport sys\n\n\ndef main(argv):\n    return argv\n" * 3)
+    assert len(prompt) > 3 * tiny.config.window_size
+    tiny.engine.reset()
+    logits = tiny.engine.feed(prompt, tiny.config.steps_base).logits
+    with torch.no_grad():
+        expected = IncrementalDecoder(tiny_model).forward(torch.from_numpy(prompt)).logits[0]
+    assert logits.shape == tuple(expected.shape)
+    assert np.abs(logits - expected.numpy()).max() <= 1e-4
+    assert tiny.engine.kv.length == len(prompt)

@@ -13,6 +13,7 @@ NumPy buffers and the KV arrays, so a call copies nothing and ORT allocates noth
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass, field
 
@@ -154,6 +155,15 @@ class Engine:
         ids = np.asarray(ids, dtype=np.int64)
         length = len(ids)
         self.check_step(self.kv.length + length - 1, depth)
+        window = self.config.window_size
+        if length > window:
+            # Window-sized chunks: a chunk attends to the stored KV plus itself, so attention
+            # costs T x (W + G + W) instead of T x (W + G + T), and the [T, K + T] bias and
+            # scores stay bounded (a 1024-token prompt in one call peaked at ~290 MB).
+            parts = [self.feed(ids[start:start + window], depth)
+                     for start in range(0, length, window)]
+            return dataclasses.replace(parts[-1],
+                                       logits=np.concatenate([p.logits for p in parts]))
         if length == 1 and self._decode is not None:
             return self._decode.feed(int(ids[0]), depth, halting_threshold, min_iterations)
         if length == 1 and self._device is not None:
