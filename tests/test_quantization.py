@@ -138,21 +138,23 @@ def test_int8_embedding_table_is_stored_once_and_gathered_exactly(int8_artifacts
     import onnx
     import onnxruntime as ort
     from onnx import numpy_helper
+    from lantern_edge.quantization.shared_table import SHARED_TABLE
     root, _ = int8_artifacts
 
-    def where(graph, predicate):
+    def table(graph, name=None):
         model = onnx.load(str(root / "int8" / graph), load_external_data=False)
-        inits = {t.name: t for t in model.graph.initializer}
-        node = next(n for n in model.graph.node if predicate(n))
-        table = inits[node.input[0] if node.op_type == "Gather" else node.input[1]]
-        return {e.key: e.value for e in table.external_data}, list(table.dims)
+        if name is None:
+            name = next(n.input[0] for n in model.graph.node
+                        if n.op_type == "Gather" and "position" not in n.input[0])
+        tensor = next(t for t in model.graph.initializer if t.name == name)
+        return {e.key: e.value for e in tensor.external_data}, list(tensor.dims)
 
-    vocab = open_artifacts(root).model_config.vocab_size
-    head = where("lm_head.onnx", lambda n: n.op_type in ("MatMulInteger", "DynamicQuantizeMatMul"))
-    assert head[1][-1] == vocab
+    cfg = open_artifacts(root).model_config
+    head = table("lm_head.onnx", SHARED_TABLE)
+    assert head[1] == [cfg.vocab_size, cfg.hidden_size]
     for graph in ("embed.onnx", "uncertainty.onnx"):
-        gathered = where(graph, lambda n: n.op_type == "Gather" and "position" not in n.input[0])
-        assert gathered == head                       # same bytes of int8/weights.bin, same shape
+        assert table(graph) == head                   # same bytes of int8/weights.bin, same shape
+    vocab = cfg.vocab_size
     # the int8 embedding rows are the fp32 rows to within half a quantization step
     ids = np.arange(0, vocab, max(1, vocab // 50), dtype=np.int64)
     feeds = {"input_ids": ids, "positions": np.arange(len(ids), dtype=np.int64)}
