@@ -213,8 +213,8 @@ def render(results: dict) -> str:
             "`generate()` returns, ~2 KB per token). \"flat\": it grew by at most "
             f"{s['rss_tolerance_mib']:g} MiB from the fewest to the most new tokens. What "
             "little the ONNX rows grow is weights paged in on first use (rows of the position "
-            "embedding and RoPE tables for positions not reached before), bounded by those "
-            "tables' size; the KV buffers are allocated once.", ""]
+            "embedding for positions not reached before), bounded by that table's size; the "
+            "KV buffers are allocated once.", ""]
     out += memory_table(results)
     out += ["", "## Cost shape", "",
             f"{s['band_tokens']} new tokens with every token forced into one band (thresholds "
