@@ -33,11 +33,8 @@ def _import_torch():
 
 def _checkpoint(checkpoint: str | Path | None, artifacts: str | Path):
     """The checkpoint file, or (None) the one rebuilt from the artifacts' fp32 graphs."""
-    if checkpoint is not None:
-        from ..model.checkpoint import load_checkpoint
-        return load_checkpoint(checkpoint)
-    from ..export.reimport import checkpoint_from_artifacts
-    return checkpoint_from_artifacts(artifacts)
+    from ..export.reimport import load_reference
+    return load_reference(artifacts if checkpoint is None else checkpoint)
 
 
 def load_model(checkpoint: str | Path | None, artifacts: str | Path, threads: int):

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from ..errors import CheckpointError
-from ..model.checkpoint import Checkpoint, load_checkpoint
+from ..export.manifest import read_manifest
 from ..model.config import ControllerConfig, ModelConfig
 from ..model.corpus import load_corpus
 from ..model.modeling import LanternModel
@@ -64,28 +64,23 @@ def load_evaluated(path: str | Path | None) -> Evaluated:
     Raises:
         CheckpointError / ArtifactError: a missing or unusable checkpoint or artifacts directory.
     """
+    from ..export.reimport import is_artifacts_path, load_reference
     path = DEFAULT_MODEL_DIR if path is None else Path(path)
-    if path.is_dir() or path.suffix == ".onnx":
-        from ..export.reimport import checkpoint_from_artifacts
-        ckpt = checkpoint_from_artifacts(path)
-        # the checkpoint the graphs were exported from, as recorded in the manifest
-        digest = _manifest_checkpoint_sha256(path)
-    elif path.is_file():
-        ckpt = load_checkpoint(path)
-        digest = hashlib.sha256(path.read_bytes()).hexdigest()
-    else:
+    if not path.exists():
         raise CheckpointError(f"not found: {path}; pass a checkpoint written by `lantern-edge "
                               f"train` or an artifacts directory written by `lantern-export`")
+    ckpt = load_reference(path)
+    if is_artifacts_path(path):
+        # the checkpoint the graphs were exported from, as the (just verified) manifest records
+        root = path if path.is_dir() else path.parent
+        digest = str(read_manifest(root)["producer"].get("checkpoint_sha256", ""))
+    else:
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
     if ckpt.tokenizer_json is None:
         raise CheckpointError(f"{path} has no tokenizer (an upstream checkpoint needs its "
                               f"vocab.json beside it) so held-out text cannot be encoded")
     return Evaluated(path, digest, ckpt.build_model(), ckpt.controller_config,
                      ckpt.tokenizer_json, ckpt.training)
-
-
-def _manifest_checkpoint_sha256(path: Path) -> str:
-    from ..runtime.artifacts import open_artifacts
-    return str(open_artifacts(path).manifest["producer"].get("checkpoint_sha256", ""))
 
 
 def default_window_length(evaluated: Evaluated) -> int:

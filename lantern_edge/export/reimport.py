@@ -18,8 +18,19 @@ import torch
 from onnx import numpy_helper
 
 from ..errors import ArtifactError
-from ..model.checkpoint import Checkpoint
+from ..model.checkpoint import Checkpoint, load_checkpoint
 from ..runtime.artifacts import open_artifacts
+
+
+def is_artifacts_path(path: str | Path) -> bool:
+    """An artifacts directory or its model.onnx (rather than a checkpoint file)."""
+    path = Path(path)
+    return path.is_dir() or path.suffix == ".onnx"
+
+
+def load_reference(path: str | Path) -> Checkpoint:
+    """A checkpoint file (ours or upstream), or the checkpoint rebuilt from artifacts."""
+    return checkpoint_from_artifacts(path) if is_artifacts_path(path) else load_checkpoint(path)
 
 
 def checkpoint_from_artifacts(path: str | Path) -> Checkpoint:

@@ -16,7 +16,6 @@ from ..runtime.artifacts import open_artifacts
 from ..runtime.controller import band_of
 from ..runtime.engine import Engine
 from ..runtime.generate import Runtime
-from ..runtime.options import GenerationOptions
 
 REPORT_MD = "QUALITY.md"
 REPORT_JSON = "quality.json"

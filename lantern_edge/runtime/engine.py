@@ -13,9 +13,8 @@ NumPy buffers and the KV arrays, so a call copies nothing and ORT allocates noth
 
 from __future__ import annotations
 
-import dataclasses
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import onnxruntime as ort
@@ -162,8 +161,8 @@ class Engine:
             # scores stay bounded (a 1024-token prompt in one call peaked at ~290 MB).
             parts = [self.feed(ids[start:start + window], depth)
                      for start in range(0, length, window)]
-            return dataclasses.replace(parts[-1],
-                                       logits=np.concatenate([p.logits for p in parts]))
+            return replace(parts[-1],
+                           logits=np.concatenate([p.logits for p in parts]))
         if length == 1 and self._decode is not None:
             return self._decode.feed(int(ids[0]), depth, halting_threshold, min_iterations)
         if length == 1 and self._device is not None:
