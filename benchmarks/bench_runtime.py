@@ -36,7 +36,7 @@ from lantern_edge.benchmark.bands import FORCED, calibrated
 from lantern_edge.errors import ArtifactError, TokenizerError
 
 REPO = Path(__file__).resolve().parents[1]
-UPSTREAM = REPO.parent / "shared" / "fixtures" / "upstream_lantern_small" / "checkpoint.pt"
+UPSTREAM = REPO / "tests" / "fixtures" / "upstream_lantern_small" / "checkpoint.pt"
 
 
 def build_models(out: Path) -> dict[str, Path]:

@@ -6,20 +6,21 @@ each part's tests add their fixtures in their own block.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("LANTERN_SHARED", REPO.parent / "shared"))
-UPSTREAM_DIR = SHARED / "fixtures" / "upstream_lantern_small"
+# Reference data from the upstream LANTERN trainer (provenance in its README.md), committed so
+# that a clone with nothing beside it runs every test.
+UPSTREAM_DIR = REPO / "tests" / "fixtures" / "upstream_lantern_small"
 
 
 @pytest.fixture(scope="session")
 def upstream_dir() -> Path:
     if not (UPSTREAM_DIR / "checkpoint.pt").exists():
-        pytest.fail(f"upstream fixture not found at {UPSTREAM_DIR} (set LANTERN_SHARED)")
+        pytest.fail(f"upstream fixture missing at {UPSTREAM_DIR}: it is committed in the repository; "
+                    "restore it with `git checkout -- tests/fixtures`")
     return UPSTREAM_DIR
 
 
