@@ -17,7 +17,14 @@ COMMANDS = {
     "quantize": ("lantern_edge.quantization.cli", "write INT8 graphs beside the fp32 ones"),
     "eval": ("lantern_edge.evaluation.cli", "is the uncertainty signal a good compute controller?"),
     "bench": ("lantern_edge.benchmark.cli", "decode speed, latency and memory vs PyTorch"),
+    "serve": ("lantern_edge.serve.cli", "an OpenAI-compatible HTTP server (/v1/completions)"),
 }
+
+# a missing module -> the install line that brings it
+EXTRAS = {**dict.fromkeys(("torch", "onnx", "onnxscript", "tqdm"),
+                          "pip install torch==2.13.0 \"lantern-edge[export]\""),
+          **dict.fromkeys(("starlette", "uvicorn", "pydantic", "anyio"),
+                          "pip install 'lantern-edge[serve]'")}
 
 USAGE = "usage: lantern-edge COMMAND [options]\n\ncommands:\n" + "".join(
     f"  {name:<10} {help_}\n" for name, (_, help_) in COMMANDS.items()) + \
@@ -37,9 +44,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as e:
-        if e.name in ("torch", "onnx", "onnxscript", "tqdm"):
-            print(f"lantern-edge {name} needs {e.name}: pip install torch==2.13.0 "
-                  f"\"lantern-edge[export]\"", file=sys.stderr)
+        root = (e.name or "").partition(".")[0]
+        if root in EXTRAS:
+            print(f"lantern-edge {name} needs {root}: {EXTRAS[root]}", file=sys.stderr)
             return 2
         raise
     return module.main(rest)
