@@ -317,3 +317,20 @@ def test_missing_extra_is_one_line_naming_it():
     assert out.returncode == 2
     assert out.stderr.strip().splitlines() == [
         "lantern-edge serve needs uvicorn: pip install 'lantern-edge[serve]'"]
+
+
+def test_stop_string_across_tokens_is_held_back():
+    """A stream never sends text that a later token could turn into a stop string."""
+    from lantern_edge import StreamedToken, TraceEntry
+    from lantern_edge.serve.choices import Choice
+
+    def token(text):
+        return StreamedToken(text, 0, TraceEntry(0, text, None, 0.5, [2]))
+    choice = Choice(stop=("a list", "xyz"))
+    sent = [choice.add(token(t)).text for t in ["Return", " a", " li", "st of"]]
+    assert sent == ["Return", " ", "", ""]                # "a", "a li" held, then stopped
+    end = choice.finish("stop")
+    assert (end.text, end.finish_reason) == ("", "stop") and choice.whole().text == "Return "
+    choice = Choice(stop=("a list",))
+    sent = [choice.add(token(t)).text for t in ["x a", " lo"]]
+    assert sent == ["x ", "a lo"] and choice.finish("max_new_tokens").finish_reason == "length"
