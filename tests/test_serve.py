@@ -282,6 +282,16 @@ def test_over_capacity_is_429_and_disconnects_free_generations(client, server):
     assert after["generations"]["tokens"] - before.get("tokens", 0) < 3 * 2000
 
 
+def test_client_gone_before_a_non_streamed_answer_cancels_it(client, server):
+    before = health(server)["generations"]
+    impatient = client.with_options(timeout=1.0)      # gives up long before 2000 tokens
+    with pytest.raises(openai.APITimeoutError):
+        impatient.completions.create(model=MODEL, prompt=PROMPT, max_tokens=2000, temperature=0)
+    after = wait_for(server, lambda h: h["generations"].get("cancelled", 0)
+                     > before.get("cancelled", 0), "the generation cancelled")
+    assert after["generations"]["tokens"] - before.get("tokens", 0) < 2000
+
+
 def test_sigterm_finishes_in_flight_requests(runtime):
     proc, url = start_server()
     try:
