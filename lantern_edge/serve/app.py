@@ -32,6 +32,7 @@ from .choices import Choice, Delta, chat_choice, completion_choice
 from .errors import APIError, Guard, on_api_error, on_http_error, on_unexpected
 
 logger = logging.getLogger("lantern_edge.serve")
+RUNTIME_NAMES = {"max_new_tokens": "max_tokens"}     # GenerationOptions name -> request field
 
 
 @dataclass(frozen=True)
@@ -201,8 +202,9 @@ def create_app(backend: Backend, settings: Settings = Settings()) -> Starlette:
         base = schemas.overrides(r, max_tokens)
         try:
             backend.check(base)
-        except ValueError as e:
-            raise APIError(400, str(e)) from None
+        except ValueError as e:                  # "top_k must be <= vocab_size=..., got ..."
+            name = str(e).split(" ", 1)[0]
+            raise APIError(400, str(e), param=RUNTIME_NAMES.get(name, name)) from None
         # choice i of each prompt is seeded seed + i: choice 0 equals Runtime.generate(seed)
         generations = [(ids, {**base, "seed": None if r.seed is None else r.seed + i})
                        for _, ids in prompts for i in range(r.n)]

@@ -22,7 +22,8 @@ TokenIds = list[Annotated[int, Field(ge=0)]]
 
 # what a union field accepts, for an error message better than pydantic's per-member list
 UNION_HELP = {
-    "prompt": "a string, a list of strings, a list of token ids or a list of lists of token ids",
+    "prompt": "a string, a list of strings, a list of token ids (ints >= 0) or a list of lists "
+              "of token ids",
     "stop": f"a non-empty string or a list of at most {MAX_STOP} non-empty strings",
     "content": "a string or a list of {\"type\": \"text\", \"text\": ...} parts",
 }
@@ -111,11 +112,10 @@ def parse(model: type[_Strict], body: object) -> _Strict:
         error = e.errors()[0]
         loc = [str(part) for part in error["loc"]]
         field = next((p for p in loc if p in UNION_HELP), None)
-        if field and error["type"].endswith("_type"):
+        if field:                                # pydantic's per-member messages confuse
             message = f"{field} must be {UNION_HELP[field]}"
         else:
-            where = ".".join(p for p in loc if not (p.startswith("list[") or p in ("str", "int")))
-            message = f"{where}: {error['msg']}" + (
+            message = f"{'.'.join(loc)}: {error['msg']}" + (
                 f" (got {error['input']!r})" if "input" in error and not isinstance(
                     error["input"], (dict, list)) else "")
         raise APIError(400, message, param=loc[0] if loc else None) from None
