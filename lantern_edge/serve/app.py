@@ -132,7 +132,7 @@ def create_app(backend: Backend, settings: Settings = Settings()) -> Starlette:
         r = schemas.parse(schemas.CompletionRequest, await _json(request))
         prompts = [_encode(p) for p in _check_model(r).prompts()]
         max_tokens = _max_tokens(r.max_tokens, prompts, "max_tokens")
-        choices = [Choice(_stop(r), r.logprobs, *_echo(r, p, ids)) for p, ids in prompts
+        choices = [Choice(r.logprobs, *_echo(r, p, ids)) for p, ids in prompts
                    for _ in range(r.n)]
 
         def render(index: int, delta: Delta, first: bool) -> dict:
@@ -147,7 +147,7 @@ def create_app(backend: Backend, settings: Settings = Settings()) -> Starlette:
         max_tokens = _max_tokens(limit, prompts, "max_completion_tokens" if
                                  r.max_completion_tokens else "max_tokens")
         top = (r.top_logprobs or 0) if r.logprobs else None
-        choices = [Choice(_stop(r), top) for _ in range(r.n)]
+        choices = [Choice(top) for _ in range(r.n)]
 
         def render(index: int, delta: Delta, first: bool) -> dict:
             return chat_choice(index, delta, r.logprobs, r.stream, first)
@@ -268,10 +268,6 @@ async def _json(request: Request) -> object:
         return json.loads(await request.body())
     except (ValueError, UnicodeDecodeError) as e:
         raise APIError(400, f"the request body is not valid JSON: {e}") from None
-
-
-def _stop(r) -> tuple[str, ...]:
-    return () if r.stop is None else (r.stop,) if isinstance(r.stop, str) else tuple(r.stop)
 
 
 def _usage(usage: dict, choices: list[Choice]) -> dict:

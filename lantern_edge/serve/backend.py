@@ -1,9 +1,11 @@
 """The server's one door to the runtime: validate, submit generations, read their tokens
 asynchronously, cancel them.
 
-The Runtime holds one generation's KV state, so generations run one at a time, first come
-first served, on one worker thread that owns the Runtime. That keeps decoding off the event
-loop, and a cancelled generation (its client went away) stops at its next token.
+The Runtime is the shared, immutable model; each generation is its own TokenStream (its own KV
+state and RNG), run on a worker thread of a pool, so decoding stays off the event loop and
+generations of different requests run at once (ONNX Runtime releases the GIL inside its
+calls). A cancelled generation (its client went away) is closed before its next token, which
+returns its state to the runtime.
 """
 
 from __future__ import annotations
@@ -11,10 +13,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-import queue
 import threading
 from collections import Counter
 from collections.abc import AsyncIterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from ..runtime.generate import Runtime, StreamedToken
@@ -45,7 +47,7 @@ class Job:
     def cancelled(self) -> bool:
         return self._cancel.is_set()
 
-    def emit(self, index: int, item) -> None:        # called on the worker thread
+    def emit(self, index: int, item) -> None:        # called on a worker thread
         try:
             self._loop.call_soon_threadsafe(self._events.put_nowait, (index, item))
         except RuntimeError:                          # the loop is closed: nobody listens
@@ -62,20 +64,20 @@ class Job:
 
 
 class Backend:
-    """A loaded Runtime served through a job queue.
+    """A loaded Runtime whose generations run on a pool of worker threads.
 
     Args:
         runtime: the loaded model.
         model_id: the name clients pass as `model`.
+        workers: generations decoding at once; more wait in the pool's queue, in order.
     """
 
-    def __init__(self, runtime: Runtime, model_id: str):
+    def __init__(self, runtime: Runtime, model_id: str, workers: int = 16):
         self.runtime, self.model_id = runtime, model_id
         self.max_position = runtime.config.max_position
         self.stats: Counter = Counter()              # generations finished / cancelled, tokens
-        self._pending: queue.SimpleQueue = queue.SimpleQueue()
-        self._worker = threading.Thread(target=self._work, name="lantern-generate", daemon=True)
-        self._worker.start()
+        self._stats_lock = threading.Lock()          # workers count concurrently
+        self._pool = ThreadPoolExecutor(workers, thread_name_prefix="lantern-generate")
 
     # --- called on the event loop ---------------------------------------------------------
 
@@ -94,53 +96,43 @@ class Backend:
         """Queue (prompt ids, GenerationOptions overrides) pairs; returns at once."""
         job = Job(asyncio.get_running_loop(), len(generations))
         for index, (ids, overrides) in enumerate(generations):
-            self._pending.put((job, index, ids, overrides))
+            self._pool.submit(self._work, job, index, ids, overrides)
         return job
 
-    def close(self, timeout: float = 5.0) -> None:
-        """Stop the worker after the generations already queued (cancel their jobs first to
-        drop them)."""
-        self._pending.put(None)
-        self._worker.join(timeout)
+    def close(self) -> None:
+        """Wait for running generations (cancel their jobs first to stop them), drop queued
+        ones."""
+        self._pool.shutdown(wait=True, cancel_futures=True)
 
-    # --- the worker thread ----------------------------------------------------------------
+    # --- on a worker thread ---------------------------------------------------------------
 
-    def _work(self) -> None:
-        while (item := self._pending.get()) is not None:
-            job, index, ids, overrides = item
-            try:
-                reason = self._run(job, index, ids, overrides)
-            except Exception as e:                   # report it to its request, keep serving
-                logger.exception("generation failed")
-                job.emit(index, e)
-                continue
-            self.stats["cancelled" if reason == "cancelled" else "finished"] += 1
-            job.emit(index, Finished(reason))
+    def _work(self, job: Job, index: int, ids: list[int], overrides: dict) -> None:
+        try:
+            reason = self._run(job, index, ids, overrides)
+        except Exception as e:                       # report it to its request, keep serving
+            logger.exception("generation failed")
+            job.emit(index, e)
+            return
+        self._count("cancelled" if reason == "cancelled" else "finished")
+        job.emit(index, Finished(reason))
+
+    def _count(self, name: str) -> None:
+        with self._stats_lock:
+            self.stats[name] += 1
 
     def _run(self, job: Job, index: int, ids: list[int], overrides: dict) -> str:
         if job.cancelled:
             return "cancelled"
-        options = self.runtime.options(**overrides)
         stream = self.runtime.stream(ids, **overrides)
-        count, text, last = 0, [], None
         try:
             for token in stream:
-                count, last = count + 1, token.token_id
-                text.append(token.text)
-                self.stats["tokens"] += 1
+                self._count("tokens")
                 job.emit(index, token)
                 if job.cancelled:
-                    return "cancelled"
+                    break
         finally:
-            stream.close()
-        # the runtime's own stop reason is not exposed by stream(): infer it the same way
-        if last is not None and last == options.eos_token_id:
-            return "eos"
-        if count >= options.max_new_tokens:
-            return "max_new_tokens"
-        if any(s in "".join(text) for s in options.stop):
-            return "stop"
-        return "max_position"
+            stream.close()                           # stop_reason "cancelled" if not done
+        return stream.stop_reason
 
 
 def token_logprobs(token: StreamedToken, top: int) -> tuple[float, list[tuple[str, float]]]:

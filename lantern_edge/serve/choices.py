@@ -1,9 +1,10 @@
-"""From generated tokens to OpenAI response choices: stop strings, logprobs, the LANTERN trace.
+"""From generated tokens to OpenAI response choices: echo, logprobs, the LANTERN trace.
 
-One Choice follows one generation. `add(token)` returns what a stream sends for that token
-(text held back while it could be the start of a stop string), `finish(reason)` the rest;
-`whole()` is everything, for a non-streamed response. The same Choice serves both endpoints;
-`completion_choice` and `chat_choice` write the two OpenAI shapes.
+One Choice follows one generation. `add(token)` returns what a stream sends for that token,
+`finish(reason)` the end; `whole()` is everything, for a non-streamed response. The same
+Choice serves both endpoints; `completion_choice` and `chat_choice` write the two OpenAI
+shapes. Stop strings need nothing here: the runtime's text already ends before them, and it
+holds back a piece that could start one.
 """
 
 from __future__ import annotations
@@ -38,17 +39,14 @@ def trace_entry(trace: TraceEntry) -> dict:
 
 
 class Choice:
-    """Args: stop strings, top logprobs wanted (None: no logprobs), echoed prompt text and
-    its token texts (echo with logprobs lists them with null logprobs)."""
+    """Args: top logprobs wanted (None: no logprobs), echoed prompt text and its token texts
+    (echo with logprobs lists them with null logprobs)."""
 
-    def __init__(self, stop: tuple[str, ...] = (), top_logprobs: int | None = None,
-                 echo: str = "", echo_tokens: list[str] | None = None):
-        self.stop, self.top = stop, top_logprobs
-        self.longest = max(map(len, stop), default=0)
-        self.full = ""              # the generated text as the runtime emitted it
-        self.sent = 0               # characters of `full` released
-        self.stopped = False        # a stop string was found at `sent`
+    def __init__(self, top_logprobs: int | None = None, echo: str = "",
+                 echo_tokens: list[str] | None = None):
+        self.top = top_logprobs
         self.tokens = 0
+        self.length = len(echo)                  # characters of text so far, echo included
         self.all = Delta()                       # everything sent so far
         self.pending = Delta(text=echo)          # sent with the first delta
         if echo_tokens is not None and top_logprobs is not None:
@@ -56,7 +54,6 @@ class Choice:
             for text in echo_tokens:
                 self.pending.logprobs.append((text, None, None, offset))
                 offset += len(text)
-        self.echo_length = len(echo)
 
     def add(self, token: StreamedToken) -> Delta:
         delta, self.pending = self.pending, Delta()
@@ -65,20 +62,16 @@ class Choice:
             lp, top = token_logprobs(token, self.top)
             delta.logprobs.append((token.text, max(lp, MIN_LOGPROB),
                                    [(t, max(v, MIN_LOGPROB)) for t, v in top] if self.top else None,
-                                   self.echo_length + len(self.full)))
+                                   self.length))
         delta.trace.append(trace_entry(token.trace))
-        self.full += token.text
-        delta.text += self._release()
+        delta.text += token.text
+        self.length += len(token.text)
         self._keep(delta)
         return delta
 
     def finish(self, stop_reason: str) -> Delta:
         delta, self.pending = self.pending, Delta()
-        if not self.stopped:                     # no stop string: release what was held
-            delta.text += self.full[self.sent:]
-            self.sent = len(self.full)
-        delta.stop_reason = stop_reason
-        delta.finish_reason = "stop" if self.stopped else FINISH.get(stop_reason)
+        delta.stop_reason, delta.finish_reason = stop_reason, FINISH.get(stop_reason)
         self._keep(delta)
         return delta
 
@@ -91,27 +84,6 @@ class Choice:
         self.all.trace += delta.trace
         self.all.finish_reason = delta.finish_reason or self.all.finish_reason
         self.all.stop_reason = delta.stop_reason or self.all.stop_reason
-
-    def _release(self) -> str:
-        """The new text that can be sent: up to a stop string (then nothing more), or up to
-        the longest tail that could still grow into one."""
-        if self.stopped:
-            return ""
-        if not self.stop:
-            piece, self.sent = self.full[self.sent:], len(self.full)
-            return piece
-        # a stop string can only start at or after `sent`: everything before was released
-        # because no stop string could start there
-        found = [i for i in (self.full.find(s, self.sent) for s in self.stop) if i >= 0]
-        if found:
-            end = min(found)
-            piece, self.sent, self.stopped = self.full[self.sent:end], end, True
-            return piece
-        hold = next((k for k in range(min(self.longest - 1, len(self.full) - self.sent), 0, -1)
-                     if any(s.startswith(self.full[-k:]) for s in self.stop)), 0)
-        end = len(self.full) - hold
-        piece, self.sent = self.full[self.sent:end], end
-        return piece
 
 
 def completion_choice(index: int, delta: Delta, logprobs: bool) -> dict:

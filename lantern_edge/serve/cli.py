@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = Settings(max_concurrency=args.max_concurrency, max_queue=args.max_queue,
                         max_tokens_limit=args.max_tokens_limit,
                         max_body_bytes=args.max_body_bytes, api_key=args.api_key)
-    app = create_app(Backend(runtime, name), settings)
+    app = create_app(Backend(runtime, name, workers=args.max_concurrency), settings)
     host, port = sock.getsockname()[:2]
     url_host = f"[{host}]" if ":" in host else host
     print(f"lantern-edge serve: {name} on http://{url_host}:{port}/v1", flush=True)

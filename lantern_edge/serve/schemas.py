@@ -42,7 +42,8 @@ class _Sampling(_Strict):
     model: str
     temperature: float | None = Field(None, ge=0, le=2)      # 0: greedy
     top_p: float | None = Field(None, gt=0, le=1)
-    top_k: int | None = Field(None, ge=1)                     # an extension (as vLLM's)
+    top_k: int | None = Field(None, ge=1)                     # extensions, as vLLM's
+    ignore_eos: bool = False
     n: int = Field(1, ge=1, le=MAX_CHOICES)
     stream: bool = False
     stream_options: StreamOptions | None = None
@@ -145,7 +146,8 @@ def _reject_unsupported(r: _Sampling) -> None:
 def overrides(r: _Sampling, max_tokens: int) -> dict:
     """GenerationOptions overrides of one choice (the seed is offset per choice later)."""
     sample = r.temperature is None or r.temperature > 0       # OpenAI's default is 1: sample
-    out: dict = {"max_new_tokens": max_tokens, "do_sample": sample, "seed": r.seed}
+    out: dict = {"max_new_tokens": max_tokens, "do_sample": sample, "seed": r.seed,
+                 "ignore_eos": r.ignore_eos}
     if sample:
         out["temperature"] = 1.0 if r.temperature is None else r.temperature
         out["top_p"] = r.top_p if r.top_p not in (None, 1.0) else None
