@@ -37,10 +37,11 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-def read_inside(root: Path, name: str, limit: int = MAX_FILE_BYTES) -> bytes:
+def read_inside(root: Path, name: str, limit: int | None = None) -> bytes:
     """The bytes of root/name, opened component by component without following symlinks, and
     only if it is a regular file of at most `limit` bytes (a FIFO or device would block or
     never end). Raises ArtifactError otherwise."""
+    limit = MAX_FILE_BYTES if limit is None else limit
     parts = name.split("/")
     flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
     fd = None
@@ -168,9 +169,9 @@ def open_artifacts(path: str | Path, precision: str = "fp32", *,
                    + [entry["file"] for entry in section["blocks"]])
     try:
         infos = {name: read_graph(artifacts.blobs[name]) for name in graph_names}
+        check_graphs(manifest, precision, model_config, infos)
         if model_file:
             check_model_copy(manifest, read_graph(artifacts.blobs.pop(model_file)), model_file)
     except ProtoError as e:
         raise ArtifactError(f"a graph of {root} is not a valid ONNX file ({e}); {_REBUILD}") from e
-    check_graphs(manifest, precision, model_config, infos)
     return artifacts
