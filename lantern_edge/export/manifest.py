@@ -13,6 +13,7 @@ from typing import Any
 from ..model.checkpoint import Checkpoint
 from ..runtime.artifacts import MANIFEST, sha256_of  # noqa: F401  (re-exported)
 from ..version import MANIFEST_FORMAT_VERSION, __version__
+from .atomic import write_text_atomic
 from .onnx_export import WEIGHTS_FILE, GraphFile
 
 MANIFEST_FILE = MANIFEST
@@ -62,9 +63,11 @@ def write_manifest(out_dir: Path, manifest: dict[str, Any]) -> dict[str, Any]:
     manifest["files"] and write lantern.json; returns the manifest."""
     out_dir = Path(out_dir)
     manifest["files"] = {
-        p.relative_to(out_dir).as_posix(): sha256_of(p)
-        for p in sorted(out_dir.rglob("*")) if p.is_file() and p.name != MANIFEST_FILE}
-    (out_dir / MANIFEST_FILE).write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
+        name: sha256_of(p) for p in sorted(out_dir.rglob("*"))
+        if p.is_file() and p.name != MANIFEST_FILE
+        # hidden entries are work files of a running or killed export/quantize, not artifacts
+        and not any(part.startswith(".") for part in (name := p.relative_to(out_dir).as_posix()).split("/"))}
+    write_text_atomic(out_dir / MANIFEST_FILE, json.dumps(manifest, indent=1) + "\n")
     return manifest
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import onnxruntime as ort
 from tokenizers import Tokenizer
 
-from ..errors import ArtifactError
+from ..errors import ArtifactError, TokenizerError
 from .artifacts import Artifacts
 from .manifest_check import REBUILD
 
@@ -37,19 +37,27 @@ def is_rust_panic(error: BaseException) -> bool:
     return type(error).__name__ == "PanicException"
 
 
-def load_tokenizer(artifacts: Artifacts) -> Tokenizer:
-    """The verified tokenizer; every id it can produce must exist in the model."""
-    name = artifacts.manifest["tokenizer"]
-    path = artifacts.root / name
+def parse_tokenizer(text: str, vocab_size: int, what: str) -> Tokenizer:
+    """A Tokenizer from its JSON, whose every id exists in a model of vocab_size tokens.
+    Raises TokenizerError naming `what`."""
     try:
-        tokenizer = Tokenizer.from_str(artifacts.blobs[name].decode("utf-8"))
+        tokenizer = Tokenizer.from_str(text)
     except BaseException as e:   # plain Exception, or a Rust panic
         if not isinstance(e, Exception) and not is_rust_panic(e):
             raise
-        raise ArtifactError(f"{path} is not a tokenizers file: {e}; {REBUILD}") from e
-    vocab = artifacts.model_config.vocab_size
+        raise TokenizerError(f"{what} is not a valid tokenizers JSON: {e}") from e
     largest = max(tokenizer.get_vocab(with_added_tokens=True).values(), default=-1)
-    if largest >= vocab:
-        raise ArtifactError(f"{path} has token ids up to {largest} but the model's vocab_size is "
-                            f"{vocab}: the tokenizer does not belong to these graphs; {REBUILD}")
+    if largest >= vocab_size:
+        raise TokenizerError(f"{what} has token ids up to {largest} but the model's vocab_size "
+                             f"is {vocab_size}: the tokenizer does not belong to this model")
     return tokenizer
+
+
+def load_tokenizer(artifacts: Artifacts) -> Tokenizer:
+    """The verified tokenizer of the artifacts (parse_tokenizer)."""
+    name = artifacts.manifest["tokenizer"]
+    try:
+        return parse_tokenizer(artifacts.blobs[name].decode("utf-8", errors="replace"),
+                               artifacts.model_config.vocab_size, str(artifacts.root / name))
+    except TokenizerError as e:
+        raise ArtifactError(f"{e}; {REBUILD}") from e
