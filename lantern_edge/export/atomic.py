@@ -6,7 +6,8 @@ file or directory, or the new complete one, never a half-written one or nothing.
 - directories (`lantern-export --force`): the new directory is swapped with the old one in one
   renameat2(RENAME_EXCHANGE) call where the OS has it; elsewhere by two renames, and the next
   export to the same place puts back an old directory that a kill left set aside;
-- leftovers of killed runs (`.NAME.partial-PID-*`, `.NAME.old-PID`) are removed by the next run,
+- leftovers of killed runs (`.NAME.partial-PID-*`, `.NAME.old-PID`, `.NAME.tmp-PID`) are
+  removed by the next run,
   unless process PID is still running.
 """
 
@@ -64,17 +65,19 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def clean_stale(parent: Path, name: str) -> None:
-    """Remove what killed runs left beside parent/name; restore a set-aside old directory."""
-    pattern = re.compile(rf"\.{re.escape(name)}\.(partial|old)-(\d*)")
+def clean_stale(parent: Path, name: str | None = None) -> None:
+    """Remove what killed runs left beside parent/name (any name: None), and restore an old
+    directory that a kill left set aside."""
+    stem = re.escape(name) if name else r"[^/]+?"
+    pattern = re.compile(rf"\.({stem})\.(partial|old|tmp)-(\d*)")
     if not parent.is_dir():
         return
     for entry in sorted(parent.iterdir()):
         match = pattern.match(entry.name)
-        if not match or (match.group(2) and _alive(int(match.group(2)))):
+        if not match or (match.group(3) and _alive(int(match.group(3)))):
             continue
-        if match.group(1) == "old" and not (parent / name).exists():
-            entry.rename(parent / name)          # killed between the two renames of --force
+        if match.group(2) == "old" and not (parent / match.group(1)).exists():
+            entry.rename(parent / match.group(1))   # killed between the two renames of --force
         elif entry.is_dir() and not entry.is_symlink():
             shutil.rmtree(entry, ignore_errors=True)
         else:

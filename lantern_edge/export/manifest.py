@@ -62,11 +62,11 @@ def write_manifest(out_dir: Path, manifest: dict[str, Any]) -> dict[str, Any]:
     """Hash every file under out_dir (except lantern.json itself), store the hashes in
     manifest["files"] and write lantern.json; returns the manifest."""
     out_dir = Path(out_dir)
-    manifest["files"] = {
-        name: sha256_of(p) for p in sorted(out_dir.rglob("*"))
-        if p.is_file() and p.name != MANIFEST_FILE
-        # hidden entries are work files of a running or killed export/quantize, not artifacts
-        and not any(part.startswith(".") for part in (name := p.relative_to(out_dir).as_posix()).split("/"))}
+    names = [p.relative_to(out_dir).as_posix() for p in sorted(out_dir.rglob("*"))
+             if p.is_file() and p.name != MANIFEST_FILE]
+    # hidden entries are work files of a running or killed export/quantize, not artifacts
+    manifest["files"] = {name: sha256_of(out_dir / name) for name in names
+                         if not any(part.startswith(".") for part in name.split("/"))}
     write_text_atomic(out_dir / MANIFEST_FILE, json.dumps(manifest, indent=1) + "\n")
     return manifest
 

@@ -67,7 +67,7 @@ def quantize_artifacts(path: str | Path, *, mode: str = "dynamic", per_channel: 
     root = artifacts.root
     if "int8" in artifacts.manifest["graphs"] and not force and _int8_intact(root):
         raise QuantizationError(f"{root} already has INT8 graphs; pass --force to redo them")
-    clean_stale(root, INT8_DIR)                # work directories of a killed quantize
+    clean_stale(root)                          # work files of a killed quantize
     calibration_texts = _calibration_texts(calibration) if mode == "static" else None
 
     fp32 = artifacts.manifest["graphs"]["fp32"]
