@@ -44,6 +44,9 @@ EXCLUDED_DIRS = frozenset({"site-packages", "dist-packages", "_bundled", "_vendo
 GENERATED_MARKER = re.compile(r"auto-?generated|automatically generated|this file is generated|"
                               r"generated (from|and used|on)|gencodec|character mapping codec|"
                               r"do not edit", re.IGNORECASE)
+# Unmarked tables (colormaps, tuning results, numeric constants) are mostly digits; code, even
+# numeric code, stays far below this share (the stdlib's highest is about 0.14).
+DATA_DIGIT_SHARE = 0.25
 STDLIB_SUFFIXES = (".py",)
 DIRECTORY_SUFFIXES = (".py", ".txt", ".md", ".rst")
 # Between files in train.txt / val.txt (ASCII "file separator"; absent from the stdlib sources).
@@ -96,8 +99,10 @@ def is_validation(relative: str, val_fraction: float) -> bool:
 
 
 def is_generated(text: str) -> bool:
+    """A generated marker in the first lines, or a file that is mostly digits: data, not code."""
     head = "\n".join(text.splitlines()[:5])
-    return bool(GENERATED_MARKER.search(head))
+    digits = sum(text.count(d) for d in "0123456789")
+    return bool(GENERATED_MARKER.search(head)) or digits > DATA_DIGIT_SHARE * len(text)
 
 
 def stdlib_source() -> Source:
