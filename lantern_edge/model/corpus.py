@@ -231,9 +231,7 @@ def _read(parts: list[Source], label: str, val_fraction: float, max_chars: int |
             f"and {len(splits['val'])} validation file(s); add files or raise val_fraction")
     if tokenizer is not None:
         for entry, texts in zip(stats, texts_of):
-            entry["tokens"] = sum(len(e.ids) for start in range(0, len(texts), 256)
-                                  for e in tokenizer.encode_batch(texts[start:start + 256],
-                                                                  add_special_tokens=False))
+            entry["tokens"] = count_tokens(tokenizer, texts)
     description = {
         "source": label,
         "files_train": len(splits["train"]), "files_val": len(splits["val"]),
@@ -245,6 +243,12 @@ def _read(parts: list[Source], label: str, val_fraction: float, max_chars: int |
     logger.info("corpus %s: %d train / %d val files", label, len(splits["train"]),
                 len(splits["val"]))
     return Corpus(splits["train"], splits["val"], description)
+
+
+def count_tokens(tokenizer, texts: list[str]) -> int:
+    """Tokens of all texts, encoded in batches (one batch of the whole corpus holds gigabytes)."""
+    return sum(len(e.ids) for start in range(0, len(texts), 256)
+               for e in tokenizer.encode_batch(texts[start:start + 256], add_special_tokens=False))
 
 
 def write_corpus(corpus: Corpus, out_dir: str | Path) -> list[Path]:
