@@ -109,12 +109,14 @@ def _fake_distribution(site: Path, name: str, requires: list[str], files: dict[s
 
 @pytest.fixture
 def fake_site(tmp_path):
-    """root[x] -> alpha, beta[fast] -> gamma; plus distributions that must stay out."""
+    """root[x] -> alpha, root[y] -> delta, beta[fast] -> gamma; plus distributions that must
+    stay out."""
     site = tmp_path / "site"
     module = lambda i: f"def f{i}(x):\n    return x * {i}\n"  # noqa: E731
     _fake_distribution(site, "fakeroot", [
         "alpha>=1; extra == 'x'", "Beta[fast]", "unwanted; extra == 'other'", "pip",
-        "never; python_version < '3'", "absent; extra == 'x'"], {"fakeroot/__init__.py": "r = 1\n"})
+        "never; python_version < '3'", "absent; extra == 'x'", "fakeroot[y]; extra == 'x'",
+        "delta; extra == 'y'"], {"fakeroot/__init__.py": "r = 1\n"})
     _fake_distribution(site, "alpha", [], {
         **{f"alpha/m{i}.py": module(i) for i in range(30)},
         "alpha/tests/test_m.py": "assert False\n", "alpha/shared.py": "SHARED = 1\n",
@@ -126,6 +128,7 @@ def fake_site(tmp_path):
                                            "gamma/colours.py": f"C = {[i / 7 for i in range(50)]}\n"},
                        licence="License: A very long licence text\n that spans lines\n"
                                "Classifier: License :: OSI Approved :: MIT License")
+    _fake_distribution(site, "delta", [], {"delta.py": "DELTA = 'an extra of an extra'\n"})
     for name in ("unwanted", "never", "pip"):
         _fake_distribution(site, name, [], {f"{name}/__init__.py": f"{name.upper()} = 1\n"})
     return site
@@ -134,7 +137,7 @@ def fake_site(tmp_path):
 def test_closure_follows_extras_and_markers_and_skips_packaging_tools(fake_site):
     from lantern_edge.model.closure import dependency_closure
     dists, missing = dependency_closure("fakeroot", ("x",), path=[str(fake_site)])
-    assert [d.metadata["Name"] for d in dists] == ["alpha", "beta", "Gamma"]
+    assert [d.metadata["Name"] for d in dists] == ["alpha", "beta", "delta", "Gamma"]
     assert missing == ["absent"]
     dists, missing = dependency_closure("fakeroot", (), path=[str(fake_site)])
     assert [d.metadata["Name"] for d in dists] == ["beta", "Gamma"] and missing == []
@@ -162,7 +165,7 @@ def test_closure_corpus_manifest_is_deduplicated_reproducible_and_content_hashed
     assert json.dumps(corpus.description) == json.dumps(again.description)
     d = corpus.description
     rows = {s["source"]: s for s in d["sources"]}
-    assert list(rows) == ["stdlib", "alpha", "beta", "gamma"]
+    assert list(rows) == ["stdlib", "alpha", "beta", "delta", "gamma"]
     # alpha: 30 modules + shared.py; its tests and generated table are out, as is gamma's table
     # of numbers; beta's copy of shared.py is a duplicate of alpha's (first in source order wins)
     assert (rows["alpha"]["files"], rows["beta"]["files"], rows["gamma"]["files"]) == (31, 30, 5)
@@ -171,15 +174,15 @@ def test_closure_corpus_manifest_is_deduplicated_reproducible_and_content_hashed
         "MIT", "BSD", "MIT License")
     assert rows["alpha"]["version"] == "1.0" and d["missing"] == ["absent"]
     texts = corpus.train + corpus.val
-    assert len(texts) == len(set(texts)) == 66
+    assert len(texts) == len(set(texts)) == 67
     assert sum(s["bytes"] for s in d["sources"]) == sum(len(t.encode()) for t in texts)
     assert sum(s["tokens"] for s in d["sources"]) == sum(
         len(tokenizer.encode(t, add_special_tokens=False).ids) for t in texts)
-    val_paths = {r for s in ("alpha", "beta", "gamma") for r in
-                 [f"{s}/{p.name}" for p in (fake_site / s).glob("*.py")]
-                 if is_validation(r, 0.2) and r != "gamma/colours.py"}
-    assert sum(s["files_val"] for s in d["sources"]) == len(corpus.val) == len(val_paths) - (
-        "beta/shared.py" in val_paths)
+    kept = [*(f"alpha/m{i}.py" for i in range(30)), "alpha/shared.py", "delta.py",
+            *(f"beta/b{i}.py" for i in range(30)), *(f"gamma/g{i}.py" for i in range(5))]
+    expected_val = [r for r in kept if is_validation(r, 0.2)]
+    assert 0 < len(expected_val) == sum(s["files_val"] for s in d["sources"])
+    assert sorted(corpus.val) == sorted((fake_site / r).read_text() for r in expected_val)
     (fake_site / "gamma" / "g0.py").write_text("changed = True\n")
     changed = _closure_corpus(fake_site, monkeypatch).description
     assert changed["content_sha256"] != d["content_sha256"]
@@ -196,10 +199,11 @@ def test_corpus_cli_prints_sizes_per_source_and_rejects_bad_input(fake_site, mon
                  "--val-fraction", "0.2", "-o", str(out)]) == 0
     printed = capsys.readouterr().out
     assert re.search(r"^alpha +1\.0 +MIT +31 ", printed, re.MULTILINE), printed
-    assert re.search(r"^total +66 ", printed, re.MULTILINE) and "missing requirements: absent" in printed
+    assert re.search(r"^total +67 ", printed, re.MULTILINE) and "missing requirements: absent" in printed
     manifest = json.loads((out / "corpus.json").read_text())
     assert manifest["tokens_counted_with"]["vocab_size"] == 4096
-    assert [s["source"] for s in manifest["sources"]] == ["stdlib", "alpha", "beta", "gamma"]
+    assert [s["source"] for s in manifest["sources"]] == ["stdlib", "alpha", "beta", "delta",
+                                                          "gamma"]
     (tmp_path / "file").write_text("x")
     for argv, problem in ([["-o", str(tmp_path / "file" / "sub")], "Not a directory"],
                           [["--offline-corpus", "web"], "invalid choice"],
@@ -229,7 +233,8 @@ def test_trainer_reads_the_closure_corpus_when_asked(fake_site, monkeypatch, tmp
                        "--eval-interval", "2", "--eval-batches", "1", "-o", str(out), "-q"]) == 0
     training = load_checkpoint(out).training
     assert training["train_config"]["offline_corpus"] == "closure"
-    assert [s["source"] for s in training["data"]["sources"]] == ["stdlib", "alpha", "beta", "gamma"]
+    assert [s["source"] for s in training["data"]["sources"]] == [
+        "stdlib", "alpha", "beta", "delta", "gamma"]
     capsys.readouterr()
     for argv, message in ([["--offline-corpus", "web"], "invalid choice: 'web'"],
                           [["--offline-corpus", "closure", "--corpus", str(tmp_path)],

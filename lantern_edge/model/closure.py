@@ -102,7 +102,7 @@ def dependency_closure(root: str, extras: tuple[str, ...] = (), path: list[str] 
             if req.marker is not None and not any(req.marker.evaluate({"extra": e}) for e in new):
                 continue
             dep = normalize(req.name)
-            if dep in PACKAGING_TOOLS or dep == root_name:
+            if dep in PACKAGING_TOOLS:
                 continue
             if dep not in installed:
                 missing.add(dep)
