@@ -20,7 +20,8 @@ from pathlib import Path
 
 from tokenizers import Tokenizer
 
-from lantern_edge.model.corpus import SHIPPED_TOKENIZER, count_tokens, load_corpus
+from lantern_edge.model.corpus import count_tokens, load_corpus
+from lantern_edge.model.corpus_cli import SHIPPED_TOKENIZER
 from lantern_edge.model.tokenizer import train_bpe_tokenizer
 
 SHIPPED_BYTES_PER_PARAMETER = 4 + 1          # fp32 graphs + int8 graphs

@@ -1,4 +1,5 @@
-"""The default corpus: real stdlib sources, tests/vendored/generated code excluded, split by file."""
+"""The corpora: real stdlib sources, tests/vendored/generated code excluded, split by file; the
+closure corpus from installed distributions' metadata (a tiny fake site stands in for it)."""
 
 import json
 import re
@@ -7,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from lantern_edge.model.corpus import (FILE_SEPARATOR, is_excluded, is_generated, is_validation,
-                                       list_files, load_corpus, main, stdlib_root)
+                                       list_files, load_corpus, stdlib_root)
+from lantern_edge.model.corpus_cli import SHIPPED_TOKENIZER, main
 
 
 def test_stdlib_files_exclude_tests_vendored_and_installed_code():
@@ -158,7 +160,6 @@ def _closure_corpus(site, monkeypatch, **kwargs):
 def test_closure_corpus_manifest_is_deduplicated_reproducible_and_content_hashed(
         fake_site, monkeypatch):
     from tokenizers import Tokenizer
-    from lantern_edge.model.corpus import SHIPPED_TOKENIZER
     tokenizer = Tokenizer.from_file(str(SHIPPED_TOKENIZER))
     corpus = _closure_corpus(fake_site, monkeypatch, tokenizer=tokenizer)
     again = _closure_corpus(fake_site, monkeypatch, tokenizer=tokenizer)
@@ -205,7 +206,8 @@ def test_corpus_cli_prints_sizes_per_source_and_rejects_bad_input(fake_site, mon
     assert [s["source"] for s in manifest["sources"]] == ["stdlib", "alpha", "beta", "delta",
                                                           "gamma"]
     (tmp_path / "file").write_text("x")
-    for argv, problem in ([["-o", str(tmp_path / "file" / "sub")], "Not a directory"],
+    for argv, problem in ([["-o", str(tmp_path / "file" / "sub")], "cannot create the output"],
+                          [["--offline-corpus", "closure", "--closure-of", "x[["], "bad requirement"],
                           [["--offline-corpus", "web"], "invalid choice"],
                           [["--offline-corpus", "closure", "--closure-of", "nosuch"],
                            "not installed"],
@@ -217,10 +219,10 @@ def test_corpus_cli_prints_sizes_per_source_and_rejects_bad_input(fake_site, mon
 
 
 def test_trainer_reads_the_closure_corpus_when_asked(fake_site, monkeypatch, tmp_path, capsys):
+    from lantern_edge.model import corpus as corpus_module
     from lantern_edge.model.checkpoint import load_checkpoint
     from lantern_edge.model.closure import closure_sources
     from lantern_edge.model.train_cli import main as train_main
-    from lantern_edge.model import corpus as corpus_module
     monkeypatch.setattr(corpus_module, "stdlib_source", lambda: corpus_module.Source(
         "stdlib", "3", "PSF-2.0", ()))
     # the trainer asks for the project's own closure; this stands a tiny one in for it

@@ -54,7 +54,8 @@ def parse_requirement(text: str) -> tuple[str, tuple[str, ...]]:
     try:
         req = Requirement(text)
     except Exception as e:          # packaging's InvalidRequirement
-        raise ValueError(f"bad requirement {text!r} ({e}); write it as NAME[EXTRA,...]") from e
+        reason = str(e).splitlines()[0]        # the rest is a drawing of where it failed
+        raise ValueError(f"bad requirement {text!r} ({reason}); write it as NAME[EXTRA,...]") from e
     return req.name, tuple(sorted(req.extras))
 
 
