@@ -5,7 +5,8 @@ the training split of a prepared corpus (`lantern-edge corpus ... -o DIR`), then
 tokens it gives the validation split and the standard library's validation files (the files
 `lantern-edge eval` holds out by default), next to the shipped model's tokenizer. The
 embedding is tied to the output projection, so it costs vocab x hidden parameters once;
-shipped as fp32 + int8 that is 5 bytes per parameter.
+shipped as fp32 + int8 that is 5 bytes per parameter. The whole model's parameters are counted
+for the `small` preset's shape at each hidden size (SwiGLU width 3 x hidden).
 
     python scripts/measure_vocab.py --corpus DIR --vocab 4096 8192 16384 --out vocab.json
 """
@@ -39,7 +40,20 @@ def measure(tokenizer: Tokenizer, held_out: dict[str, list[str]], hidden: list[i
     for h in hidden:
         row[f"embedding_parameters_h{h}"] = vocab * h
         row[f"embedding_shipped_mb_h{h}"] = round(vocab * h * SHIPPED_BYTES_PER_PARAMETER / 1e6, 2)
+        row[f"model_parameters_h{h}"] = model_parameters(vocab, h)
+        row[f"model_shipped_mb_h{h}"] = round(
+            row[f"model_parameters_h{h}"] * SHIPPED_BYTES_PER_PARAMETER / 1e6, 2)
     return row
+
+
+def model_parameters(vocab: int, hidden: int) -> int:
+    """Parameters of the `small` preset's model at this vocabulary and hidden size."""
+    from lantern_edge.model.modeling import LanternModel
+    from lantern_edge.model.training import PRESETS, TrainConfig
+    cfg = TrainConfig(**{**PRESETS["small"], "vocab_size": vocab, "hidden_size": hidden,
+                         "intermediate_size": 3 * hidden})
+    special = {"bos_token_id": 0, "eos_token_id": 1, "pad_token_id": 2, "think_token_id": 3}
+    return LanternModel(cfg.model_config(special)).num_parameters()
 
 
 def main(argv: list[str] | None = None) -> int:
