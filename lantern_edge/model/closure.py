@@ -42,9 +42,9 @@ def normalize(name: str) -> str:
 def _requirement_class():
     try:
         from packaging.requirements import Requirement
-    except ImportError as e:        # matplotlib (the dev extra) and pytest depend on it
-        raise ImportError('the closure corpus needs the packaging library: pip install '
-                          '"lantern-edge[dev]"') from e
+    except ImportError as e:        # onnxruntime (a runtime dependency) requires it
+        raise ImportError("the closure corpus needs the packaging library: pip install "
+                          "packaging") from e
     return Requirement
 
 
