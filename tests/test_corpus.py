@@ -126,8 +126,9 @@ def fake_site(tmp_path):
     _fake_distribution(site, "beta", ["gamma; extra == 'fast'", "unwanted; extra == 'slow'"], {
         **{f"beta/b{i}.py": module(100 + i) for i in range(30)}, "beta/shared.py": "SHARED = 1\n"},
         licence="License: BSD\n" + "Classifier: License :: OSI Approved :: BSD License")
+    table = f"C = {[i / 7 for i in range(50)]}\n"          # mostly digits: data, not code
     _fake_distribution(site, "Gamma", [], {**{f"gamma/g{i}.py": module(200 + i) for i in range(5)},
-                                           "gamma/colours.py": f"C = {[i / 7 for i in range(50)]}\n"},
+                                           "gamma/colours.py": table},
                        licence="License: A very long licence text\n that spans lines\n"
                                "Classifier: License :: OSI Approved :: MIT License")
     _fake_distribution(site, "delta", [], {"delta.py": "DELTA = 'an extra of an extra'\n"})
@@ -200,14 +201,16 @@ def test_corpus_cli_prints_sizes_per_source_and_rejects_bad_input(fake_site, mon
                  "--val-fraction", "0.2", "-o", str(out)]) == 0
     printed = capsys.readouterr().out
     assert re.search(r"^alpha +1\.0 +MIT +31 ", printed, re.MULTILINE), printed
-    assert re.search(r"^total +67 ", printed, re.MULTILINE) and "missing requirements: absent" in printed
+    assert re.search(r"^total +67 ", printed, re.MULTILINE)
+    assert "missing requirements: absent" in printed
     manifest = json.loads((out / "corpus.json").read_text())
     assert manifest["tokens_counted_with"]["vocab_size"] == 4096
     assert [s["source"] for s in manifest["sources"]] == ["stdlib", "alpha", "beta", "delta",
                                                           "gamma"]
     (tmp_path / "file").write_text("x")
     for argv, problem in ([["-o", str(tmp_path / "file" / "sub")], "cannot create the output"],
-                          [["--offline-corpus", "closure", "--closure-of", "x[["], "bad requirement"],
+                          [["--offline-corpus", "closure", "--closure-of", "x[["],
+                           "bad requirement"],
                           [["--offline-corpus", "web"], "invalid choice"],
                           [["--offline-corpus", "closure", "--closure-of", "nosuch"],
                            "not installed"],

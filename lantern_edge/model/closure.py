@@ -55,11 +55,13 @@ def parse_requirement(text: str) -> tuple[str, tuple[str, ...]]:
         req = Requirement(text)
     except Exception as e:          # packaging's InvalidRequirement
         reason = str(e).splitlines()[0]        # the rest is a drawing of where it failed
-        raise ValueError(f"bad requirement {text!r} ({reason}); write it as NAME[EXTRA,...]") from e
+        raise ValueError(f"bad requirement {text!r} ({reason}); write it as "
+                         f"NAME[EXTRA,...]") from e
     return req.name, tuple(sorted(req.extras))
 
 
-def installed_distributions(path: list[str] | None = None) -> dict[str, importlib.metadata.Distribution]:
+def installed_distributions(path: list[str] | None = None
+                            ) -> dict[str, importlib.metadata.Distribution]:
     """Distributions on ``path`` (default sys.path) by normalised name; the first one found
     wins, as it does for imports."""
     found: dict[str, importlib.metadata.Distribution] = {}

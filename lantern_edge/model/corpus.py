@@ -11,8 +11,8 @@ validation file leaks into training, and the stdlib files held out are the same 
 corpora. The description doubles as the corpus manifest (per source: version, licence, file,
 byte and token counts; a hash of the whole corpus), identical for identical installed
 versions. Any directory of text files, a list of files, or a directory written by
-``lantern-edge corpus -o DIR`` (corpus_cli.py) can replace the default. Imports nothing heavier than the
-standard library (and `packaging`, for the closure).
+``lantern-edge corpus -o DIR`` (corpus_cli.py) can replace the default. Imports nothing
+heavier than the standard library (and `packaging`, for the closure).
 """
 
 from __future__ import annotations
@@ -117,7 +117,7 @@ def offline_sources(offline: str = "stdlib", closure: str = DEFAULT_CLOSURE
     label = f"Python {platform.python_version()} standard library"
     if offline == "stdlib":
         return label, [stdlib_source()], []
-    packages, missing = closure_sources(closure, keep=lambda relative: not is_excluded(Path(relative)))
+    packages, missing = closure_sources(closure, keep=lambda rel: not is_excluded(Path(rel)))
     return (f"{label} + installed dependency closure of {closure}", [stdlib_source(), *packages],
             missing)
 
@@ -181,7 +181,8 @@ def load_corpus(sources: list[str | Path] | tuple[str | Path, ...] | None = None
 def _read(parts: list[Source], label: str, val_fraction: float, max_chars: int | None,
           skip_generated: bool, tokenizer) -> Corpus:
     """Read, deduplicate by content (the first copy in source order wins) and split by path."""
-    entries = [(i, relative, path) for i, part in enumerate(parts) for relative, path in part.files]
+    entries = [(i, relative, path) for i, part in enumerate(parts)
+               for relative, path in part.files]
     if max_chars is not None:
         entries.sort(key=lambda item: _bucket("order:" + item[1]))
     splits: dict[str, list[str]] = {"train": [], "val": []}

@@ -21,7 +21,7 @@ SHIPPED_TOKENIZER = Path(__file__).resolve().parents[1] / "default_model" / "tok
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`lantern-edge corpus`: assemble the corpus, print its size per source, optionally write it."""
+    """`lantern-edge corpus`: build the corpus, print its size per source, optionally write it."""
     parser = _Parser(
         prog="lantern-edge corpus",
         description="Assemble the training corpus (default: this Python's standard library, "
