@@ -378,14 +378,6 @@ def test_unsupported_opset_is_refused(tmp_path, random_checkpoint, capsys, opset
     assert list(tmp_path.iterdir()) == []
 
 
-def test_int8_without_the_quantization_step_says_so(tmp_path, random_checkpoint, monkeypatch,
-                                                     capsys):
-    monkeypatch.setitem(sys.modules, "lantern_edge.quantization.api", None)
-    assert export_main([str(random_checkpoint), "-o", str(tmp_path / "o"), "--int8"]) == 2
-    assert "--int8 is not available" in capsys.readouterr().err
-    assert list(tmp_path.iterdir()) == []
-
-
 def test_int8_runs_the_quantization_step_on_the_new_artifacts(tmp_path, random_checkpoint,
                                                               monkeypatch, capsys):
     import lantern_edge.quantization.api as quantization

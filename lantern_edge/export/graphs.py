@@ -279,3 +279,19 @@ def uncertainty_graph(embedding: torch.Tensor, top_k: int, opset: int) -> onnx.M
         g.output(name, "float32", ["rows"])
     return g.model(f"entropy (nats), p_max, top-{top_k} embedding dispersion, "
                    f"score = a*entropy + b*dispersion - c*p_max")
+
+
+def build_graphs(model: LanternModel, top_k: int,
+                 opset: int) -> list[tuple[str, str, onnx.ModelProto]]:
+    """(role, file name, graph) for every graph of docs/ARTIFACTS.md, in manifest order."""
+    cfg = model.config
+    out = [("model", "model.onnx", full_forward_graph(model, opset)),
+           ("embed", "embed.onnx", embed_graph(model, opset))]
+    out += [("block", f"block{b}.onnx", block_step_graph(model, b, opset))
+            for b in range(cfg.num_blocks)]
+    out += [("mc_step", "mc_step.onnx",
+             block_step_graph(model, cfg.num_blocks - 1, opset, mc=True)),
+            ("lm_head", "lm_head.onnx", lm_head_graph(model, opset)),
+            ("uncertainty", "uncertainty.onnx",
+             uncertainty_graph(model.token_embedding.weight, min(top_k, cfg.vocab_size), opset))]
+    return out
