@@ -37,6 +37,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--int8", action="store_true", help="use the INT8 graphs (default: fp32)")
     p.add_argument("--no-adaptive", action="store_true",
                    help="fixed steps_base path, no uncertainty signals (default: adaptive)")
+    p.add_argument("--no-token-healing", action="store_true",
+                   help="keep a prompt's trailing whitespace tokens as they are (default: "
+                        "regenerate them, so 'def f(x):\\n' gets an indented body)")
     p.add_argument("--threads", type=int, default=None,
                    help="intra-op threads per ONNX Runtime session (default: 1)")
     p.add_argument("--trace", action="store_true",
@@ -64,7 +67,8 @@ def main(argv: list[str] | None = None) -> int:
         args.prompt = sys.stdin.read()
     from .generate import Runtime
     overrides = {"max_new_tokens": args.max_new_tokens, "seed": args.seed,
-                 "adaptive": not args.no_adaptive, "do_sample": args.do_sample}
+                 "adaptive": not args.no_adaptive, "do_sample": args.do_sample,
+                 "token_healing": not args.no_token_healing}
     for name in ("temperature", "top_k", "top_p", "stop"):
         if getattr(args, name) is not None:
             overrides[name] = getattr(args, name)
