@@ -6,10 +6,11 @@
 Starts the server (127.0.0.1, a free port, its default admission limits unless given), warms
 it with one request, then for each client count runs that many clients at once, each sending
 `--requests` streamed completions of exactly `--tokens` tokens (ignore_eos) one after another
-(greedy, a distinct seed each). Reports per level: requests/s, aggregate tokens/s, latency and time to first token
-(p50, p99), errors (non-200, error events, missing [DONE]) and the server's peak RSS (sampled
-every 20 ms). Clients use http.client with one keep-alive connection each, so that the client
-side costs little CPU next to the server. Each level is bounded by --level-timeout.
+(greedy, a distinct seed each). Reports per level: requests/s, aggregate tokens/s, latency and
+time to first token (p50, p99), errors (non-200, error events, missing [DONE]) and the
+server's peak RSS (sampled every 20 ms). Clients use http.client with one keep-alive
+connection each, so that the client side costs little CPU next to the server. Each level is
+bounded by --level-timeout.
 Writes benchmarks/results/serve_load.json and prints a Markdown table.
 """
 

@@ -9,6 +9,9 @@ from __future__ import annotations
 import importlib
 import sys
 
+from .extras import missing_message
+from .version import __version__
+
 # command -> (module with main(argv) -> int, one-line help)
 COMMANDS = {
     "train": ("lantern_edge.model.train_cli", "train a tokenizer and a LANTERN model on a corpus"),
@@ -20,13 +23,7 @@ COMMANDS = {
     "serve": ("lantern_edge.serve.cli", "an OpenAI-compatible HTTP server (/v1/completions)"),
 }
 
-# a missing module -> the install line that brings it
-EXTRAS = {**dict.fromkeys(("torch", "onnx", "onnxscript", "tqdm"),
-                          "pip install torch==2.13.0 \"lantern-edge[export]\""),
-          **dict.fromkeys(("starlette", "uvicorn", "pydantic", "anyio"),
-                          "pip install 'lantern-edge[serve]'")}
-
-USAGE = "usage: lantern-edge COMMAND [options]\n\ncommands:\n" + "".join(
+USAGE = "usage: lantern-edge [--version] COMMAND [options]\n\ncommands:\n" + "".join(
     f"  {name:<10} {help_}\n" for name, (_, help_) in COMMANDS.items()) + \
     "\nRun `lantern-edge COMMAND --help` for a command's options."
 
@@ -36,20 +33,21 @@ def main(argv: list[str] | None = None) -> int:
     if not argv or argv[0] in ("-h", "--help"):
         print(USAGE)
         return 0 if argv else 2
+    if argv[0] in ("-V", "--version"):
+        print(f"lantern-edge {__version__}")
+        return 0
     name, rest = argv[0], argv[1:]
     if name not in COMMANDS:
         print(f"lantern-edge: unknown command {name!r}\n\n{USAGE}", file=sys.stderr)
         return 2
-    module_name = COMMANDS[name][0]
     try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as e:
-        root = (e.name or "").partition(".")[0]
-        if root in EXTRAS:
-            print(f"lantern-edge {name} needs {root}: {EXTRAS[root]}", file=sys.stderr)
-            return 2
-        raise
-    return module.main(rest)
+        return importlib.import_module(COMMANDS[name][0]).main(rest)
+    except ModuleNotFoundError as e:      # an optional dependency, imported where it is used
+        message = missing_message(f"lantern-edge {name}", e, name)
+        if message is None:
+            raise
+        print(message, file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -327,5 +327,5 @@ def test_missing_extra_is_one_line_naming_it():
                          env={**os.environ, "PYTHONPATH": str(REPO)}, check=False)
     assert out.returncode == 2
     assert out.stderr.strip().splitlines() == [
-        "lantern-edge serve needs uvicorn: pip install 'lantern-edge[serve]'"]
+        'lantern-edge serve needs uvicorn: pip install "lantern-edge[serve]"']
 

@@ -66,6 +66,8 @@ class GenerationOptions:
     use_halting: bool = False             # stop a block's iterations when p_halt >= threshold
     halting_threshold: float | None = None
     inject_think: bool = True             # very high band: inject THINK when the model has one
+    # a text prompt ending in whitespace: regenerate its trailing whitespace tokens (healing.py)
+    token_healing: bool = True
 
     def __post_init__(self) -> None:
         _require(_is_int(self.max_new_tokens) and self.max_new_tokens >= 1, "max_new_tokens",
@@ -74,7 +76,8 @@ class GenerationOptions:
                  "stop", self.stop, "a tuple of non-empty strings")
         _require(self.eos_token_id is None or (_is_int(self.eos_token_id) and self.eos_token_id >= 0),
                  "eos_token_id", self.eos_token_id, "None or an id >= 0")
-        for name in ("ignore_eos", "do_sample", "adaptive", "use_halting", "inject_think"):
+        for name in ("ignore_eos", "do_sample", "adaptive", "use_halting", "inject_think",
+                     "token_healing"):
             _require(isinstance(getattr(self, name), bool), name, getattr(self, name),
                      "True or False")
         _require(_is_number(self.temperature) and self.temperature > 0,
