@@ -158,3 +158,21 @@ def test_depth_probe_reads_the_cheap_pass_and_stays_off_the_model():
     assert model.token_embedding.weight.grad is None          # inputs are detached
     assert model.depth_probe.hidden_layer.weight.grad is not None
     assert "depth_probe.hidden_layer.weight" in model.state_dict()
+
+
+@pytest.mark.parametrize("order, injection", [("cycle", True), ("sequence", True)])
+def test_training_runs_in_either_order_with_injection(tmp_path, order, injection):
+    from lantern_edge.model.checkpoint import load_checkpoint
+    from lantern_edge.model.training import PRESETS, TrainConfig, train
+    out = tmp_path / "depth.pt"
+    train(TrainConfig(**{**PRESETS["tiny"], "hidden_size": 32, "intermediate_size": 64,
+                         "seq_len": 32, "batch_size": 4, "max_steps": 4, "eval_interval": 4,
+                         "eval_batches": 1, "corpus_max_chars": 40_000, "warmup_steps": 1},
+                      output=str(out), recursion_order=order, input_injection=injection),
+          progress=False)
+    ckpt = load_checkpoint(out)
+    assert (ckpt.model_config.recursion_order, ckpt.model_config.input_injection) == \
+        (order, injection)
+    assert ckpt.controller_config.inject_think            # trained with THINK tokens
+    model = ckpt.build_model()
+    assert not torch.equal(model.injection.weight[:, 32:], torch.zeros(32, 32))   # it learned

@@ -22,6 +22,8 @@ FIELD_HELP = {
     "max_global_tokens": "global KV slots: BOS + at most this - 1 THINK tokens per sample",
     "steps_base": "iterations per block on the cheap path",
     "steps_reasoning": "most iterations per block; depths 1..this are trained and evaluated",
+    "recursion_order": "sequence (block0 x d, block1 x d) or cycle (d cycles of all blocks)",
+    "input_injection": "feed the token embedding back in: h = W [h ; e] (true or false)",
     "seq_len": "tokens per training sample, <bos> included",
     "lr": "peak learning rate (AdamW, linear warm-up then cosine)",
     "min_lr_ratio": "the cosine ends at lr * this",
@@ -40,7 +42,8 @@ FIELD_HELP = {
     "eval_batches": "fixed validation batches per depth",
     "threads": "torch CPU threads while training (default: torch's choice)",
 }
-CHOICES = {"dtype": ("fp32", "bf16"), "device": ("auto", "cpu", "cuda")}
+CHOICES = {"dtype": ("fp32", "bf16"), "device": ("auto", "cpu", "cuda"),
+           "recursion_order": ("sequence", "cycle")}
 
 
 class UsageError(Exception):
