@@ -1,7 +1,6 @@
 """Depth as a continuation: recursion orders, input injection, exits and the depth probe in the
 PyTorch reference (full forward vs incremental decoder vs continuation)."""
 
-import numpy as np
 import pytest
 import torch
 
@@ -9,7 +8,8 @@ from lantern_edge.model.config import ControllerConfig, ModelConfig
 from lantern_edge.model.incremental import IncrementalDecoder
 from lantern_edge.model.modeling import LanternModel
 
-VARIANTS = [("sequence", False), ("sequence", True), ("cycle", False), ("cycle", True)]
+from depth_models import VARIANTS, depth_model
+from depth_models import sequence_ids as _ids
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -20,26 +20,8 @@ def single_torch_thread():
     torch.set_num_threads(threads)
 
 
-def depth_model(order: str, injection: bool, probe: int = 0, seed: int = 0) -> LanternModel:
-    """A small untrained model (window 8, THINK, halting), weights scaled up as in conftest."""
-    torch.manual_seed(seed)
-    config = ModelConfig(vocab_size=64, hidden_size=32, num_heads=4, intermediate_size=64,
-                         num_blocks=2, window_size=8, max_position=160, max_global_tokens=8,
-                         steps_base=2, steps_reasoning=4, bos_token_id=0, eos_token_id=1,
-                         pad_token_id=2, think_token_id=3, recursion_order=order,
-                         input_injection=injection, depth_probe_hidden=probe)
-    model = LanternModel(config).eval()
-    with torch.no_grad():
-        for p in model.parameters():
-            p.normal_(0.0, 0.3)
-    return model
-
-
-def sequence_ids(length: int = 30, seed: int = 7) -> torch.Tensor:
-    """More than 3x the window, BOS first, THINK tokens at 12 and 19."""
-    ids = torch.from_numpy(np.random.default_rng(seed).integers(4, 64, length))
-    ids[0], ids[12], ids[19] = 0, 3, 3
-    return ids
+def sequence_ids() -> torch.Tensor:
+    return torch.from_numpy(_ids())
 
 
 def test_old_configs_load_as_sequence_order_without_injection_or_probe():

@@ -26,7 +26,8 @@ _ALIGN = 64                   # offsets aligned for mmap-friendly reads
 
 @dataclass
 class GraphFile:
-    role: str                 # "model", "embed", "block", "mc_step", "lm_head", "uncertainty"
+    role: str                 # "model", "embed", "block", "mc_step", "lm_head", "uncertainty",
+                              # "inject" (models with input injection)
     file: str
     inputs: list[dict]
     outputs: list[dict]
@@ -46,7 +47,9 @@ def build_graphs(model: LanternModel, top_k: int,
             ("lm_head", "lm_head.onnx", graphs.lm_head_graph(model, opset)),
             ("uncertainty", "uncertainty.onnx",
              graphs.uncertainty_graph(model.token_embedding.weight, min(top_k, cfg.vocab_size),
-                                      opset))]
+                                      opset, model if cfg.has_depth_probe else None))]
+    if cfg.input_injection:
+        out.append(("inject", "inject.onnx", graphs.inject_graph(model, opset)))
     return out
 
 
