@@ -158,3 +158,18 @@ def test_training_runs_in_either_order_with_injection(tmp_path, order, injection
     assert ckpt.controller_config.inject_think            # trained with THINK tokens
     model = ckpt.build_model()
     assert not torch.equal(model.injection.weight[:, 32:], torch.zeros(32, 32))   # it learned
+
+
+@pytest.mark.parametrize("order, injection", [("cycle", True), ("sequence", True)])
+def test_eval_deep_counterfactual_is_the_runtime_continuation(order, injection):
+    """passes.isolated_deep (every token alone sent deep over the cheap context) gives each
+    token the prediction the decoder's continuation gives it."""
+    from lantern_edge.evaluation import passes
+    model, ids = depth_model(order, injection), sequence_ids()[:20]
+    outcome = passes.isolated_deep(model, ids[None], torch.roll(ids, -1)[None], think=False)
+    for t in range(len(ids)):
+        decoder = IncrementalDecoder(model)
+        decoder.forward(ids[:t + 1], 2)
+        logits = decoder.deepen(4).logits[0, -1]
+        logits[model.config.think_token_id] = float("-inf")
+        assert int(torch.argmax(logits)) == int(outcome.top1[0, t])

@@ -163,7 +163,8 @@ def run(args) -> list[Path]:
         elif name == "compute":
             sweep = compute.Sweep(evaluated.model, controller, windows.inputs, windows.targets,
                                   columns, mc_samples, args.seed, inject_think=not args.no_think)
-            fractions = args.fractions or compute.default_fractions(cfg.steps_base, cfg.steps_reasoning)
+            fractions = args.fractions or compute.default_fractions(
+                cfg.steps_base, cfg.steps_reasoning, sweep.extra)
             section = compute.accuracy_vs_compute(sweep, sorted(set(fractions)), progress)
         elif name == "think":
             section = {"utility": think.utility(columns, controller, cfg.steps_base, args.seed),

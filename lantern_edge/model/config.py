@@ -109,6 +109,16 @@ class ModelConfig:
             return [(b, i) for i in range(depth) for b in blocks]
         return [(b, i) for b in blocks for i in range(depth)]
 
+    def continuation_iterations(self, done: int | None = None) -> list[int]:
+        """Block iterations per block that continuing a token from `done` (default steps_base)
+        iterations to steps_reasoning runs: cycle order only the missing cycles; sequence
+        order the rest of block 0 and every later block again from its new input."""
+        done = self.steps_base if done is None else done
+        rest = self.steps_reasoning - done
+        if self.recursion_order == "cycle":
+            return [rest] * self.num_blocks
+        return [rest] + [self.steps_reasoning] * (self.num_blocks - 1)
+
     def injects(self, block: int, iteration: int) -> bool:
         """Whether h = W [h ; e] runs right before this (block, iteration)."""
         if not self.input_injection:
