@@ -8,15 +8,11 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from lantern_edge.export.api import export_checkpoint
 from lantern_edge.export.graphs import uncertainty_graph
-from lantern_edge.model.checkpoint import save_checkpoint
-from lantern_edge.model.config import ControllerConfig
 from lantern_edge.model.incremental import IncrementalDecoder
-from lantern_edge.model.tokenizer import char_tokenizer
 
 from contract_driver import ContractDriver
-from depth_models import VARIANTS, depth_model, sequence_ids
+from depth_models import depth_model, sequence_ids
 
 WEIGHTS = np.array([1.0, 0.5, 0.5], np.float32)
 
@@ -29,18 +25,9 @@ def single_torch_thread():
     torch.set_num_threads(threads)
 
 
-@pytest.fixture(scope="module", params=VARIANTS, ids=lambda v: f"{v[0]}-{'inject' if v[1] else 'plain'}")
-def exported(request, tmp_path_factory):
-    """(model, artifacts) of a small model with a depth probe, exported for real (parity
-    through the runtime included)."""
-    order, injection = request.param
-    model = depth_model(order, injection, probe=16)
-    root = tmp_path_factory.mktemp(f"depth_{order}_{injection}")
-    chars = [chr(c) for c in range(ord("0"), ord("0") + 64)]
-    save_checkpoint(root / "model.pt", model, ControllerConfig(inject_think=True),
-                    char_tokenizer(chars).to_str())
-    export_checkpoint(root / "model.pt", root / "artifacts")
-    return model, root / "artifacts"
+@pytest.fixture
+def exported(depth_artifacts):
+    return depth_artifacts
 
 
 def test_manifest_records_order_injection_probe_and_recorded_parity(exported):
