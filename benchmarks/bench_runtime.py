@@ -78,7 +78,7 @@ def prompt_ids(runtime: Runtime, text: str) -> list[int]:
 def measure(runtime: Runtime, prompt: list[int], tokens: int, repeats: int,
             modes: dict[str, dict]) -> dict[str, dict]:
     best: dict[str, dict] = {}
-    common = dict(max_new_tokens=tokens, eos_token_id=None, seed=0)
+    common = dict(max_new_tokens=tokens, ignore_eos=True, seed=0)
     for name, overrides in modes.items():                       # warm-up
         runtime.generate(prompt, **{**common, **overrides, "max_new_tokens": 8})
     for _ in range(repeats):

@@ -39,7 +39,7 @@ def test_runtime_without_a_path_is_the_default_model_and_matches_model_onnx():
     runtime = Runtime()
     assert runtime.artifacts.root == DEFAULT_MODEL_DIR
     prompt = runtime.encode(PROMPT).tolist()
-    result = runtime.generate(prompt, max_new_tokens=12, adaptive=False, eos_token_id=None)
+    result = runtime.generate(prompt, max_new_tokens=12, adaptive=False, ignore_eos=True)
     # greedy by recomputing the whole sequence with the standalone model.onnx
     session = ort.InferenceSession(str(DEFAULT_MODEL_DIR / "model.onnx"),
                                    providers=["CPUExecutionProvider"])

@@ -9,7 +9,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from lantern_edge import GenerationOptions
 from lantern_edge.model.config import ModelConfig
 from lantern_edge.runtime.controller import band_of, dropout_masks
-from lantern_edge.runtime.generate import _TextStream
+from lantern_edge.runtime.stream import _TextStream
 from lantern_edge.runtime.kv_state import KVState
 from lantern_edge.runtime.sampling import choose, entropy, filter_logits, mc_summary, softmax
 

@@ -47,7 +47,7 @@ def calibrated(runtime, prompt: Sequence[int], tokens: int,
     Returns:
         dict: tau_low, tau_mid, tau_high (GenerationOptions overrides).
     """
-    probe = runtime.generate(list(prompt), max_new_tokens=tokens, eos_token_id=None,
+    probe = runtime.generate(list(prompt), max_new_tokens=tokens, ignore_eos=True,
                              **FORCED["confident"])
     low, mid, high = np.quantile([t.u for t in probe.trace], list(quantiles))
     return dict(tau_low=float(low), tau_mid=float(mid), tau_high=float(high))

@@ -51,7 +51,7 @@ def measure_modes(runtime, prompt: Sequence[int], tokens: int, repeats: int,
         fields, prefill_ms, controller_overhead, mean_iterations, bands, mc_calls, think,
         deepened, stop_reason, token_ids).
     """
-    common = dict(max_new_tokens=tokens, eos_token_id=None, seed=0)
+    common = dict(max_new_tokens=tokens, ignore_eos=True, seed=0)
     prompt = list(prompt)
     for overrides in modes.values() if warmup else ():
         runtime.generate(prompt, **{**common, **overrides,
@@ -72,7 +72,7 @@ def measure_decode(runtime, prompt: Sequence[int], tokens: int, repeats: int,
     and peak_rss_stream_mib: this process's peak RSS after a warm-up and one stream() of all
     the tokens that keeps nothing, i.e. before any timed generate() builds its trace (about
     2 KB per token that the caller holds, not runtime state)."""
-    options = dict(max_new_tokens=tokens, eos_token_id=None, seed=0, adaptive=adaptive)
+    options = dict(max_new_tokens=tokens, ignore_eos=True, seed=0, adaptive=adaptive)
     runtime.generate(list(prompt), **{**options, "max_new_tokens": min(WARMUP_TOKENS, tokens)})
     for _ in runtime.stream(list(prompt), **options):
         pass
@@ -109,7 +109,7 @@ def measure_ttft(runtime, prompts: dict[int, Sequence[int]], repeats: int,
     out = {}
     for length, prompt in prompts.items():
         ids = list(prompt)
-        options = dict(max_new_tokens=1, eos_token_id=None, seed=0, adaptive=adaptive)
+        options = dict(max_new_tokens=1, ignore_eos=True, seed=0, adaptive=adaptive)
         runtime.generate(ids, **options)
         runs = [runtime.generate(ids, **options) for _ in range(repeats)]
         fastest = min(runs, key=lambda r: r.seconds)

@@ -1,6 +1,6 @@
 """Verify exported graphs against the PyTorch reference, through the runtime's own engine.
 
-The graphs are driven by `lantern_edge.runtime.engine.Engine`, exactly as `Runtime` drives them
+The graphs are driven by `lantern_edge.runtime.decode.Sequence`, exactly as `Runtime` drives them
 (its KV bookkeeping, attention bias, carried-KV writes and, for one-token decode, its IO-bound
 path), so a passing check means the artifacts and the runtime agree with the reference.
 (tests/test_export.py drives the graphs with an independent contract driver as well.)
@@ -22,6 +22,7 @@ from ..model.incremental import IncrementalDecoder
 from ..model.modeling import LanternModel
 from ..model.uncertainty import UncertaintyHead
 from ..runtime.artifacts import open_artifacts
+from ..runtime.decode import Sequence
 from ..runtime.engine import Engine, session_options
 
 LOGIT_TOLERANCE = 1e-4          # max abs logit difference, fp32
@@ -84,7 +85,7 @@ def check_parity(model: LanternModel, root: str | Path) -> dict[str, float]:
 def _check_parity(model: LanternModel, root: str | Path) -> dict[str, float]:
     cfg = model.config
     ids, depth = parity_sequence(cfg)
-    engine = Engine(open_artifacts(root), providers=["CPUExecutionProvider"])
+    engine = Sequence(Engine(open_artifacts(root), providers=["CPUExecutionProvider"]))
     reference = IncrementalDecoder(model)
     errors = dict.fromkeys(PARITY_KEYS, 0.0)
 
@@ -123,7 +124,7 @@ def _check_parity(model: LanternModel, root: str | Path) -> dict[str, float]:
     rows = np.concatenate([mc_logits, 30.0 * mc_logits[:1], np.zeros_like(mc_logits[:1])])
     weights = np.array([1.0, 0.5, 0.5], np.float32)
     got = engine.signals(rows, weights)
-    head = UncertaintyHead(model.token_embedding.weight, engine.artifacts.controller.top_k_dispersion)
+    head = UncertaintyHead(model.token_embedding.weight, engine.engine.artifacts.controller.top_k_dispersion)
     with torch.no_grad():
         expected = head(torch.from_numpy(rows), torch.from_numpy(weights))
     for name, want in zip(("entropy", "p_max", "dispersion", "score"), expected):

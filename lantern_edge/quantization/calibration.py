@@ -10,6 +10,7 @@ import numpy as np
 from onnxruntime.quantization import CalibrationDataReader
 
 from ..runtime.artifacts import Artifacts
+from ..runtime.decode import Sequence
 from ..runtime.engine import Engine
 
 MAX_SEQUENCES = 8
@@ -21,17 +22,18 @@ def collect_feeds(artifacts: Artifacts, texts: list[str]) -> dict[str, list[dict
     from .quality import heldout_sequences
 
     engine = Engine(artifacts, "fp32", ["CPUExecutionProvider"])
+    seq = Sequence(engine)
     names = {id(engine.embed): "embed.onnx", id(engine.mc): "mc_step.onnx",
              id(engine.lm_head): "lm_head.onnx", id(engine.uncertainty): "uncertainty.onnx"}
     names.update({id(s): f"block{b}.onnx" for b, s in enumerate(engine.blocks)})
     feeds: dict[str, list[dict]] = {name: [] for name in names.values()}
-    run = engine._run
+    run = seq.run
 
     def recording(name, session, inputs):
         feeds[names[id(session)]].append({k: np.array(v, copy=True) for k, v in inputs.items()})
         return run(name, session, inputs)
 
-    engine._run = recording
+    seq.run = recording
     runtime = Runtime(artifacts.root)
     length = min(128, artifacts.model_config.max_position - 1)
     sequences = heldout_sequences(runtime, texts, MAX_SEQUENCES, length)
@@ -39,9 +41,9 @@ def collect_feeds(artifacts: Artifacts, texts: list[str]) -> dict[str, list[dict
         from .api import QuantizationError
         raise QuantizationError("the calibration text could not be tokenized into any sequence")
     for ids in sequences:
-        engine.reset()
-        step = engine.feed(ids, artifacts.model_config.steps_base)
-        engine.signals(step.logits, np.array([1.0, 0.5, 0.5], np.float32))
+        seq.reset()
+        step = seq.feed(ids, artifacts.model_config.steps_base)
+        seq.signals(step.logits, np.array([1.0, 0.5, 0.5], np.float32))
     last = f"block{artifacts.model_config.num_blocks - 1}.onnx"
     cfg = artifacts.model_config
     for f in feeds[last]:

@@ -14,6 +14,7 @@ import numpy as np
 
 from ..runtime.artifacts import open_artifacts
 from ..runtime.controller import band_of
+from ..runtime.decode import Sequence
 from ..runtime.engine import Engine
 from ..runtime.generate import Runtime
 
@@ -58,7 +59,8 @@ def evaluate_quality(root: Path, texts: list[str] | None = None, sequences: int 
         from .api import QuantizationError
         raise QuantizationError("no held-out text could be tokenized for the quality report "
                                 "(does the vocabulary cover the text?); pass --no-eval to skip it")
-    engines = {p: Engine(open_artifacts(root, p), p, ["CPUExecutionProvider"]) for p in ("fp32", "int8")}
+    engines = {p: Sequence(Engine(open_artifacts(root, p), p, ["CPUExecutionProvider"]))
+               for p in ("fp32", "int8")}
     options = runtime.defaults
     weights = np.array([options.weight_entropy, options.weight_dispersion, options.weight_p_max],
                        np.float32)
@@ -103,7 +105,7 @@ def decode_speed(root: Path, tokens: int, threads: int, rounds: int = 3) -> dict
         for p, rt in runtimes.items():
             n = min(tokens, rt.config.max_position - len(prompt) - 1)
             start = time.perf_counter()
-            result = rt.generate(prompt, max_new_tokens=n, adaptive=False, eos_token_id=None)
+            result = rt.generate(prompt, max_new_tokens=n, adaptive=False, ignore_eos=True)
             best[p] = max(best[p], len(result.token_ids) / (time.perf_counter() - start))
     return {"decode_tokens_per_s_fp32": best["fp32"], "decode_tokens_per_s_int8": best["int8"],
             "decode_speedup": best["int8"] / best["fp32"], "decode_threads": threads}

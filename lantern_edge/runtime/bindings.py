@@ -1,27 +1,26 @@
 """One-token decode through IO binding: every graph bound once to persistent NumPy buffers.
 
 The hot loop of generation feeds one token at a time. Here each session's inputs and outputs
-are bound, at construction, to buffers that live as long as the engine: the token id and its
+are bound, when the Sequence is made, to buffers that live as long as it: the token id and its
 position, the attention bias row, two hidden-state buffers used in turn (the output of one block
 iteration is the input of the next, so nothing is copied between iterations), the KV arrays
 of every (block, iteration) themselves, the new key/value, the logits and the uncertainty
 signals. A decode step then writes a few scalars, runs the bound sessions and copies the new
-key/value into their ring slots; ORT allocates nothing (PERF_NOTES.md: a bound call costs
-~2.6 us against ~5.5 us for `session.run`). numpy + onnxruntime only.
+key/value into their ring slots; ORT allocates nothing (a bound call costs ~2.6 us against
+~5.5 us for `session.run`). numpy + onnxruntime only.
 """
 
 from __future__ import annotations
 
-import time
 from typing import TYPE_CHECKING
 
 import numpy as np
 import onnxruntime as ort
 
-if TYPE_CHECKING:                      # engine.py imports this module
-    from .engine import Engine, FeedResult
+from .engine import SIGNALS
 
-SIGNALS = ("entropy", "p_max", "dispersion", "score")
+if TYPE_CHECKING:                      # decode.py imports this module
+    from .decode import Sequence
 
 
 def bind(session: ort.InferenceSession, inputs: dict[str, np.ndarray],
@@ -37,12 +36,12 @@ def bind(session: ort.InferenceSession, inputs: dict[str, np.ndarray],
     return binding
 
 
-class DecodeBindings:
-    """The bound buffers and bindings of one Engine (CPU provider)."""
+class BoundPass:
+    """The bound buffers and bindings of one Sequence (CPU provider); a pass of decode.py."""
 
-    def __init__(self, engine: Engine):
-        cfg, kv = engine.config, engine.kv
-        self.engine = engine
+    def __init__(self, seq: Sequence):
+        engine, cfg, kv = seq.engine, seq.config, seq.kv
+        self.seq = seq
         hidden, heads, head_dim = cfg.hidden_size, cfg.num_heads, cfg.head_dim
         stored = kv.keys.shape[3]
         self.ids = np.zeros(1, np.int64)
@@ -51,8 +50,7 @@ class DecodeBindings:
         self.hidden = (np.zeros((1, 1, hidden), np.float32), np.zeros((1, 1, hidden), np.float32))
         self.key = np.zeros((1, heads, 1, head_dim), np.float32)           # [S, H, T, D]
         self.value = np.zeros((1, heads, 1, head_dim), np.float32)
-        has_halt = {o.name for o in engine.blocks[0].get_outputs()} >= {"halt"}
-        self.halt = np.zeros((1, 1), np.float32) if has_halt else None
+        self.halt = np.zeros((1, 1), np.float32) if engine.has_halt else None
         self.logits = np.zeros((1, 1, cfg.vocab_size), np.float32)
         self.weights = np.zeros(3, np.float32)
         self.signal_buffers = {name: np.zeros(1, np.float32) for name in SIGNALS}
@@ -75,48 +73,38 @@ class DecodeBindings:
                                 {"logits": self.logits[0], "weights": self.weights},
                                 self.signal_buffers)
 
-    def _run(self, name: str, session: ort.InferenceSession, binding: ort.IOBinding) -> None:
-        start = time.perf_counter()
-        session.run_with_iobinding(binding)
-        self.engine.timer.add(name, time.perf_counter() - start)
+    def begin(self, ids: np.ndarray) -> None:
+        seq = self.seq
+        token = int(ids[0])
+        self.position_, self.is_global, self.slot = seq.kv.begin_token(
+            token, seq.engine.think_id, self.bias[0])
+        self.ids[0], self.position[0] = token, self.position_
+        seq.run_bound("embed", seq.engine.embed, self.embed)
+        self.parity = self.mc_parity = 0              # hidden[parity] holds the current state
 
-    def feed(self, token: int, depth: int, halting_threshold: float | None,
-             min_iterations: int) -> FeedResult:
-        """Engine.feed for one token (already validated by the engine)."""
-        from .engine import FeedResult
+    def block(self, b: int, i: int) -> float | None:
+        seq, kv = self.seq, self.seq.kv
+        if b == len(self.blocks) - 1:
+            self.mc_parity = self.parity
+        seq.run_bound("block", seq.engine.blocks[b], self.blocks[b][i][self.parity])
+        self.parity = 1 - self.parity
+        kv.keys[b, i, :, self.slot] = self.key[0, :, 0]
+        kv.values[b, i, :, self.slot] = self.value[0, :, 0]
+        return float(self.halt[0, 0]) if self.halt is not None else None
 
-        engine, kv = self.engine, self.engine.kv
-        position, is_global, slot = kv.begin_token(token, engine.think_id, self.bias[0])
-        self.ids[0], self.position[0] = token, position
-        self._run("embed", engine.embed, self.embed)
-        keys, values, key, value = kv.keys, kv.values, self.key[0, :, 0], self.value[0, :, 0]
-        last_block, deepest = len(self.blocks) - 1, kv.keys.shape[1]
-        parity = mc_parity = 0                      # hidden[parity] holds the current state
-        iterations, halting = [], []
-        for b, rows in enumerate(self.blocks):
-            session, done, p_halt = engine.blocks[b], 0, None
-            for i in range(depth):
-                mc_parity = parity if b == last_block else mc_parity
-                self._run("block", session, rows[i][parity])
-                parity = 1 - parity
-                keys[b, i, :, slot] = key
-                values[b, i, :, slot] = value
-                done = i + 1
-                if self.halt is not None:
-                    p_halt = float(self.halt[0, 0])
-                if (halting_threshold is not None and p_halt is not None
-                        and done >= min_iterations and p_halt >= halting_threshold):
-                    break
-            if done < deepest:                      # carried-KV policy: deeper iterations
-                keys[b, done:, :, slot] = key
-                values[b, done:, :, slot] = value
-            iterations.append(done)
-            halting.append(p_halt)
-        kv.commit_slot(position, slot, is_global)
-        self._run("lm_head", engine.lm_head, self.lm_head[parity])
+    def end_block(self, b: int, done: int) -> None:
+        kv = self.seq.kv
+        if done < kv.keys.shape[1]:                  # carried-KV policy: deeper iterations
+            kv.keys[b, done:, :, self.slot] = self.key[0, :, 0]
+            kv.values[b, done:, :, self.slot] = self.value[0, :, 0]
+
+    def finish(self) -> tuple[np.ndarray, int, bool, np.ndarray]:
+        seq = self.seq
+        seq.kv.commit_slot(self.position_, self.slot, self.is_global)
+        seq.run_bound("lm_head", seq.engine.lm_head, self.lm_head[self.parity])
         # the input of the last block's last iteration was not overwritten since: copy it out
-        return FeedResult(self.logits[0], iterations, halting, position, is_global,
-                          self.hidden[mc_parity].copy())
+        return (self.logits[0], self.position_, self.is_global,
+                self.hidden[self.mc_parity].copy())
 
     def holds(self, logits: np.ndarray) -> bool:
         """Whether logits [1, V] is the bound logits buffer (the latest decode's)."""
@@ -125,5 +113,5 @@ class DecodeBindings:
 
     def signals(self, weights: np.ndarray) -> dict[str, np.ndarray]:
         np.copyto(self.weights, weights)
-        self._run("uncertainty", self.engine.uncertainty, self.uncertainty)
+        self.seq.run_bound("uncertainty", self.seq.engine.uncertainty, self.uncertainty)
         return self.signal_buffers

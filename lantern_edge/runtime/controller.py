@@ -1,6 +1,6 @@
 """The adaptive controller: from the cheap pass's distribution to a token, spending compute by band.
 
-Bands of U = a*H + b*dispersion - c*p_max (DESIGN.md):
+Bands of U = a*H + b*dispersion - c*p_max:
 - confident  (U < tau_low):   sample as configured;
 - moderate   (< tau_mid):     refined sampling (temperature * refined_temperature);
 - high       (< tau_high):    MC dropout: S masked re-runs of the last block's last iteration in
@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..model.config import ModelConfig
-from .engine import Engine, FeedResult
+from .decode import FeedResult, Sequence
 from .options import GenerationOptions
 from .sampling import choose, mc_summary, softmax
 
@@ -28,19 +28,25 @@ BANDS = ("confident", "moderate", "high", "very_high")
 
 
 @dataclass
-class Decision:
-    token: int
-    probability: float                    # of the token under the distribution it was drawn from
-    band: str | None                      # None on the fixed path (adaptive=False)
-    signals: dict[str, float] = field(default_factory=dict)   # entropy, p_max, dispersion, U
-    u_epistemic: float | None = None
+class TraceEntry:
+    """The controller's decision on one token, and what it cost: one per generated token."""
+    token_id: int
+    text: str = ""                        # the piece of text this token added (may be "")
+    band: str | None = None               # confident / moderate / high / very_high; None if fixed
+    probability: float = 0.0              # of the token under the distribution it was drawn from
+    iterations: list[int] = field(default_factory=list)   # per block, of the cheap pass
+    deep_iterations: list[int] | None = None  # per block, THINK or deepened pass (very high)
+    entropy: float | None = None
+    p_max: float | None = None
+    dispersion: float | None = None
+    u: float | None = None                # composite score U
+    u_epistemic: float | None = None      # mutual information over MC samples (high band)
     u_total: float | None = None
     mc_samples: int = 0
     think_injected: bool = False
     deepened: bool = False                # the newest token was re-run at steps_reasoning
     think_skipped: str | None = None      # why THINK was not injected in the very high band
-    iterations: list[int] = field(default_factory=list)   # per block, of the cheap pass
-    deep_iterations: list[int] | None = None               # per block, of the THINK/deepened pass
+    microseconds: float = 0.0             # feeding the previous token + deciding this one
 
 
 def band_of(u: float, options: GenerationOptions) -> str:
@@ -68,62 +74,67 @@ def dropout_masks(config: ModelConfig, samples: int, stored: int, seed: int,
 
 
 class Controller:
-    def __init__(self, engine: Engine):
-        self.engine = engine
-        self.config = engine.config
-        # THINK is the controller's to inject; the model never chooses it as an output token
-        self.suppress = engine.config.think_token_id
+    """Stateless over one model: every call gets the generation's Sequence and RNG."""
 
-    def decide(self, step: FeedResult, last_token: int, options: GenerationOptions,
-               rng: np.random.Generator, mask_seed: int) -> Decision:
+    def __init__(self, config: ModelConfig):
+        self.config = config
+        # THINK is the controller's to inject; the model never chooses it as an output token
+        self.suppress = config.think_token_id
+
+    def decide(self, seq: Sequence, step: FeedResult, last_token: int,
+               options: GenerationOptions, rng: np.random.Generator,
+               mask_seed: int) -> TraceEntry:
         logits = step.logits[-1]
         if not options.adaptive:
             token = self._choose(logits, options, options.temperature, rng)
-            return Decision(token, float(softmax(logits)[token]), None,
-                            iterations=list(step.iterations))
+            return TraceEntry(token, probability=float(softmax(logits)[token]),
+                              iterations=list(step.iterations))
         weights = np.array([options.weight_entropy, options.weight_dispersion,
                             options.weight_p_max], np.float32)
-        signals = {k: float(v[0]) for k, v in self.engine.signals(logits[None], weights).items()}
-        decision = Decision(0, 0.0, band_of(signals["score"], options), signals,
-                            iterations=list(step.iterations))
-        if decision.band == "high":
-            masks = dropout_masks(self.config, options.mc_samples, self.engine.kv.keys.shape[3],
+        signals = {k: float(v[0]) for k, v in seq.signals(logits[None], weights).items()}
+        u = signals["score"]
+        entry = TraceEntry(0, band=band_of(u, options), iterations=list(step.iterations),
+                           entropy=signals["entropy"], p_max=signals["p_max"],
+                           dispersion=signals["dispersion"], u=u)
+        if entry.band == "high":
+            masks = dropout_masks(self.config, options.mc_samples, seq.kv.keys.shape[3],
                                   mask_seed, step.position)
-            mean, decision.u_epistemic = mc_summary(self.engine.mc_logits(step, masks))
-            decision.mc_samples = options.mc_samples
-            decision.u_total = signals["score"] + options.lambda_epistemic * decision.u_epistemic
-            if decision.u_total < options.tau_high:
+            mean, entry.u_epistemic = mc_summary(seq.mc_logits(step, masks))
+            entry.mc_samples = options.mc_samples
+            entry.u_total = u + options.lambda_epistemic * entry.u_epistemic
+            if entry.u_total < options.tau_high:
                 log_mean = np.log(np.maximum(mean, 1e-30)).astype(np.float32)
-                decision.token = self._choose(log_mean, options, options.temperature, rng)
-                decision.probability = float(mean[decision.token])
-                return _logged(decision, step.position)
-            decision.band = "very_high"          # escalated by epistemic uncertainty
-        if decision.band == "very_high":
-            logits, decision.deep_iterations = self._go_deep(last_token, options, decision)
-            decision.token = self._choose(logits, options, options.temperature, rng)
+                entry.token_id = self._choose(log_mean, options, options.temperature, rng)
+                entry.probability = float(mean[entry.token_id])
+                return _logged(entry, step.position)
+            entry.band = "very_high"             # escalated by epistemic uncertainty
+        if entry.band == "very_high":
+            logits, entry.deep_iterations = self._go_deep(seq, last_token, options, entry)
+            entry.token_id = self._choose(logits, options, options.temperature, rng)
         else:
-            scale = options.refined_temperature if decision.band == "moderate" else 1.0
-            decision.token = self._choose(logits, options, options.temperature * scale, rng)
-        decision.probability = float(softmax(logits)[decision.token])
-        return _logged(decision, step.position)
+            scale = options.refined_temperature if entry.band == "moderate" else 1.0
+            entry.token_id = self._choose(logits, options, options.temperature * scale, rng)
+        entry.probability = float(softmax(logits)[entry.token_id])
+        return _logged(entry, step.position)
 
-    def _go_deep(self, last_token: int, options: GenerationOptions, decision: Decision):
-        engine, think = self.engine, self.config.think_token_id
+    def _go_deep(self, seq: Sequence, last_token: int, options: GenerationOptions,
+                 entry: TraceEntry):
+        kv, think = seq.kv, self.config.think_token_id
         if think is None:
-            decision.think_skipped = "the model has no THINK token"
+            entry.think_skipped = "the model has no THINK token"
         elif not options.inject_think:
-            decision.think_skipped = "inject_think=False"
-        elif engine.kv.globals_free == 0:
-            decision.think_skipped = "the global KV buffer is full"
-        elif engine.kv.length >= self.config.max_position:
-            decision.think_skipped = "no position left for a THINK token"
-        if decision.think_skipped is None:
-            deep = engine.feed(np.array([think]), options.steps_reasoning)
-            decision.think_injected = True
+            entry.think_skipped = "inject_think=False"
+        elif kv.globals_free == 0:
+            entry.think_skipped = "the global KV buffer is full"
+        elif kv.length >= self.config.max_position:
+            entry.think_skipped = "no position left for a THINK token"
+        if entry.think_skipped is None:
+            deep = seq.feed(np.array([think]), options.steps_reasoning)
+            entry.think_injected = True
         else:
-            engine.kv.rewind()
-            deep = engine.feed(np.array([last_token]), options.steps_reasoning)
-            decision.deepened = True
+            kv.rewind()
+            deep = seq.feed(np.array([last_token]), options.steps_reasoning)
+            entry.deepened = True
         return deep.logits[-1], list(deep.iterations)
 
     def _choose(self, logits, options, temperature, rng) -> int:
@@ -131,11 +142,10 @@ class Controller:
                       self.suppress)
 
 
-def _logged(decision: Decision, position: int) -> Decision:
+def _logged(entry: TraceEntry, position: int) -> TraceEntry:
     if logger.isEnabledFor(logging.DEBUG):
         logger.debug("position %d: U=%.3f band=%s U_epi=%s THINK=%s deepened=%s -> %d (p=%.3f)%s",
-                     position, decision.signals["score"], decision.band, decision.u_epistemic,
-                     decision.think_injected, decision.deepened, decision.token,
-                     decision.probability,
-                     f" [{decision.think_skipped}]" if decision.think_skipped else "")
-    return decision
+                     position, entry.u, entry.band, entry.u_epistemic, entry.think_injected,
+                     entry.deepened, entry.token_id, entry.probability,
+                     f" [{entry.think_skipped}]" if entry.think_skipped else "")
+    return entry

@@ -8,7 +8,7 @@ p_halt) plus the logits the controller needs. New keys/values are written into t
 the device by a tiny ScatterND graph whose output is bound to its own input buffer, so the
 write happens in place (ORT's ScatterND skips its input copy when input and output coincide;
 were it to copy, the result would still be correct). Prefill and any multi-token feed run on
-the host KV (engine.py) and upload it once.
+the host KV (decode.py's HostPass) and upload it once.
 
 The runtime may not import onnx, so that one helper graph is encoded here directly as ONNX
 protobuf bytes (a handful of fields). Run with device="cpu" the same code drives CPU OrtValues,
@@ -17,14 +17,13 @@ which is how the tests check it without a GPU. numpy + onnxruntime only.
 
 from __future__ import annotations
 
-import time
 from typing import TYPE_CHECKING
 
 import numpy as np
 import onnxruntime as ort
 
-if TYPE_CHECKING:
-    from .engine import Engine, FeedResult
+if TYPE_CHECKING:                      # decode.py imports this module
+    from .decode import FeedResult, Sequence
 
 FLOAT, INT64 = 1, 7                       # onnx TensorProto.DataType
 
@@ -83,19 +82,21 @@ def kv_write_model() -> bytes:
 
 # --- the device decode path -------------------------------------------------------------------------
 
-class DeviceDecode:
-    """Engine.feed for one token with the KV state on `device` ("cuda", or "cpu" in tests)."""
+class DevicePass:
+    """One token with the KV state on the engine's device ("cuda", or "cpu" in tests); a pass
+    of decode.py. The host KV arrays of the Sequence serve prompts (multi-token feeds), which
+    the Sequence brackets with download() and upload()."""
 
-    def __init__(self, engine: Engine, device: str, session_options: ort.SessionOptions):
-        cfg, kv = engine.config, engine.kv
-        self.engine, self.device = engine, device
+    def __init__(self, seq: Sequence):
+        engine, cfg, kv = seq.engine, seq.config, seq.kv
+        self.seq, self.device = seq, engine.device or "cpu"
         blocks, depth, heads, head_dim = (cfg.num_blocks, cfg.steps_reasoning, cfg.num_heads,
                                           cfg.head_dim)
         stored = kv.keys.shape[3]
         self.item = heads * stored * head_dim * 4                      # bytes per iteration
 
         def on_device(shape):
-            return ort.OrtValue.ortvalue_from_numpy(np.zeros(shape, np.float32), device, 0)
+            return ort.OrtValue.ortvalue_from_numpy(np.zeros(shape, np.float32), self.device, 0)
         # zero-filled: masked slots still enter probs @ V, and 0 * garbage could be NaN
         self.keys = [on_device((depth, heads, stored, head_dim)) for _ in range(blocks)]
         self.values = [on_device((depth, heads, stored, head_dim)) for _ in range(blocks)]
@@ -104,8 +105,7 @@ class DeviceDecode:
         self.ids = np.zeros(1, np.int64)
         self.position = np.zeros(1, np.int64)
         self.bias = np.zeros((1, stored + 1), np.float32)
-        has_halt = "halt" in {o.name for o in engine.blocks[0].get_outputs()}
-        self.halt = np.zeros((1, 1), np.float32) if has_halt else None
+        self.halt = np.zeros((1, 1), np.float32) if engine.has_halt else None
         self.logits = np.zeros((1, 1, cfg.vocab_size), np.float32)
         self.update_shape = np.array([1, heads, head_dim], np.int64)
         # indices[i]: rows (iteration, head, slot) for iterations i..R-1: writing the newest
@@ -114,8 +114,7 @@ class DeviceDecode:
                                              indexing="ij"), axis=-1)[:, :, 0].astype(np.int64)
                         for i in range(depth)]
         self.expand = [np.array([depth - i, heads, head_dim], np.int64) for i in range(depth)]
-        self.writer = ort.InferenceSession(kv_write_model(), session_options,
-                                           providers=engine.providers)
+        writer = engine.kv_writer
         self.embed = self._bind(engine.embed, {"input_ids": self.ids, "positions": self.position},
                                 {"hidden": self.hidden[0]})
         self.block_bindings = [[[self._bind(session, {
@@ -124,7 +123,7 @@ class DeviceDecode:
             "attn_bias": self.bias}, {"hidden_out": self.hidden[1 - p], "key": self.key,
                                       "value": self.value, "halt": self.halt})
             for p in (0, 1)] for i in range(depth)] for b, session in enumerate(engine.blocks)]
-        self.writes = [[self._bind(self.writer, {
+        self.writes = [[self._bind(writer, {
             "past_key": self.keys[b], "past_value": self.values[b], "key": self.key,
             "value": self.value, "update_shape": self.update_shape,
             "expand_shape": self.expand[i], "indices": self.indices[i]},
@@ -132,7 +131,6 @@ class DeviceDecode:
             for b in range(blocks)]
         self.lm_head = [self._bind(engine.lm_head, {"hidden": self.hidden[p]},
                                    {"logits": self.logits}) for p in (0, 1)]
-        self.mc_parity = 0
         self.fresh = False                   # device KV newer than the host copy
 
     def _bind(self, session, inputs: dict, outputs: dict) -> ort.IOBinding:
@@ -158,70 +156,64 @@ class DeviceDecode:
             shape = value.shape()
         bind(name, self.device, 0, np.float32, list(shape), value.data_ptr() + offset)
 
-    def _run(self, name: str, session, binding) -> None:
-        start = time.perf_counter()
-        session.run_with_iobinding(binding)
-        self.engine.timer.add(name, time.perf_counter() - start)
-
     def upload(self) -> None:
         """Host KV (after a prefill on the host) -> device."""
         for b in range(len(self.keys)):
-            self.keys[b].update_inplace(self.engine.kv.keys[b])
-            self.values[b].update_inplace(self.engine.kv.values[b])
+            self.keys[b].update_inplace(self.seq.kv.keys[b])
+            self.values[b].update_inplace(self.seq.kv.values[b])
         self.fresh = False
 
     def download(self) -> None:
         """Device KV -> host, before a multi-token feed or a host-side read."""
         if self.fresh:
             for b in range(len(self.keys)):
-                self.engine.kv.keys[b] = self.keys[b].numpy()
-                self.engine.kv.values[b] = self.values[b].numpy()
+                self.seq.kv.keys[b] = self.keys[b].numpy()
+                self.seq.kv.values[b] = self.values[b].numpy()
             self.fresh = False
 
-    def feed(self, token: int, depth: int, halting_threshold: float | None,
-             min_iterations: int) -> FeedResult:
-        from .engine import FeedResult
-
-        engine, kv = self.engine, self.engine.kv
-        position, is_global, slot = kv.begin_token(token, engine.think_id, self.bias[0])
-        self.ids[0], self.position[0] = token, position
+    def begin(self, ids: np.ndarray) -> None:
+        seq = self.seq
+        token = int(ids[0])
+        self.position_, self.is_global, slot = seq.kv.begin_token(token, seq.engine.think_id,
+                                                                  self.bias[0])
+        self.slot = slot
+        self.ids[0], self.position[0] = token, self.position_
         for rows in self.indices:
             rows[:, :, 2] = slot
-        self._run("embed", engine.embed, self.embed)
-        parity, iterations, halting = 0, [], []
-        for b, rows in enumerate(self.block_bindings):
-            done, p_halt = 0, None
-            for i in range(depth):
-                if b == len(self.block_bindings) - 1:
-                    self.mc_parity = parity
-                self._run("block", engine.blocks[b], rows[i][parity])
-                parity = 1 - parity
-                self._run("kv_write", self.writer, self.writes[b][i])
-                done = i + 1
-                if self.halt is not None:
-                    p_halt = float(self.halt[0, 0])
-                if (halting_threshold is not None and p_halt is not None
-                        and done >= min_iterations and p_halt >= halting_threshold):
-                    break
-            iterations.append(done)
-            halting.append(p_halt)
-        kv.commit_slot(position, slot, is_global)
+        seq.run_bound("embed", seq.engine.embed, self.embed)
+        self.parity = self.mc_parity = 0
+
+    def block(self, b: int, i: int) -> float | None:
+        seq = self.seq
+        if b == len(self.block_bindings) - 1:
+            self.mc_parity = self.parity
+        seq.run_bound("block", seq.engine.blocks[b], self.block_bindings[b][i][self.parity])
+        self.parity = 1 - self.parity
+        seq.run_bound("kv_write", seq.engine.kv_writer, self.writes[b][i])
+        return float(self.halt[0, 0]) if self.halt is not None else None
+
+    def end_block(self, b: int, done: int) -> None:
+        """Nothing to carry: every write already filled the deeper iterations."""
+
+    def finish(self) -> tuple[np.ndarray, int, bool, np.ndarray]:
+        seq = self.seq
+        seq.kv.commit_slot(self.position_, self.slot, self.is_global)
         self.fresh = True
-        self._run("lm_head", engine.lm_head, self.lm_head[parity])
+        seq.run_bound("lm_head", seq.engine.lm_head, self.lm_head[self.parity])
         mc_input = np.array(self.hidden[self.mc_parity].numpy(), copy=True)   # [1, 1, C]
-        return FeedResult(self.logits[0], iterations, halting, position, is_global, mc_input)
+        return self.logits[0], self.position_, self.is_global, mc_input
 
     def mc_hidden(self, step: FeedResult, masks: dict[str, np.ndarray]) -> np.ndarray:
         """mc_step's hidden_out [S, 1, C] for the newest token, reading the device KV."""
-        engine, kv, cfg = self.engine, self.engine.kv, self.engine.config
+        seq, kv, cfg = self.seq, self.seq.kv, self.seq.config
         b, i = cfg.num_blocks - 1, step.iterations[-1] - 1
         bias = kv.attn_bias(np.array([step.position]), np.array([step.is_global]))
         samples = masks["mask_attn_out"].shape[0]
         out = np.zeros((samples, 1, cfg.hidden_size), np.float32)
-        binding = self._bind(engine.mc, {
+        binding = self._bind(seq.engine.mc, {
             "hidden": np.ascontiguousarray(step.mc_input, np.float32),
             "positions": np.array([step.position], np.int64),
             "past_key": (self.keys[b], i), "past_value": (self.values[b], i),
             "attn_bias": bias, **masks}, {"hidden_out": out})
-        self._run("mc_step", engine.mc, binding)
+        seq.run_bound("mc_step", seq.engine.mc, binding)
         return out

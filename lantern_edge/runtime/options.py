@@ -1,15 +1,24 @@
 """GenerationOptions: every knob of one generate() call, validated once.
 
-Names follow Hugging Face's generate where a counterpart exists. The adaptive fields' defaults
-come from the artifacts' manifest (`Runtime.defaults`); per-call overrides go through
+Names follow Hugging Face's generate where a counterpart exists. The model's own values (its
+thresholds, weights, depths, EOS) have one source, the artifacts' manifest: in those fields None
+means "the model's value", and `resolved` fills them in from the manifest, so options built
+without a model never carry thresholds of their own. Per-call overrides go through
 `dataclasses.replace`, so they are validated too.
 """
 
 from __future__ import annotations
 
 import math
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
+
+# Fields whose None means "the model's value": each is named as in the manifest's
+# model_config or controller section, from which `resolved` fills it.
+MODEL_FIELDS = ("eos_token_id", "steps_base", "steps_reasoning", "mc_samples", "weight_entropy",
+                "weight_dispersion", "weight_p_max", "tau_low", "tau_mid", "tau_high",
+                "lambda_epistemic", "refined_temperature", "halting_threshold")
 
 
 def _require(ok: bool, name: str, value: Any, allowed: str) -> None:
@@ -32,29 +41,30 @@ def _is_number(value: Any, finite: bool = True) -> bool:
 class GenerationOptions:
     # length and stopping
     max_new_tokens: int = 64              # new tokens, the prompt not counted
-    stop: tuple[str, ...] = ()            # stop once the new text contains one of these
-    eos_token_id: int | None = None       # stop after this id (default: the model's <eos>)
+    stop: tuple[str, ...] = ()            # stop before the first of these strings in the text
+    eos_token_id: int | None = None       # stop after this id (None: the model's <eos>)
+    ignore_eos: bool = False              # True: never stop at EOS (benchmarks, fixed lengths)
     # sampling
     do_sample: bool = False               # False: greedy (argmax)
     temperature: float = 1.0              # > 0, used when do_sample
     top_k: int | None = None              # keep the k most likely tokens
     top_p: float | None = None            # nucleus: keep the smallest set with mass >= top_p
     seed: int | None = None               # seeds sampling and the MC-dropout masks
-    # adaptive compute (defaults: the manifest's controller section)
+    # adaptive compute (None: the manifest's value)
     adaptive: bool = True                 # False: the fixed steps_base path, no signals
-    steps_base: int = 2                   # iterations per block, cheap path
-    steps_reasoning: int = 4              # iterations per block, deep path (<= the model's)
-    mc_samples: int = 5                   # dropout samples in the high band
-    weight_entropy: float = 1.0           # U = a*H + b*dispersion - c*p_max
-    weight_dispersion: float = 0.5
-    weight_p_max: float = 0.5
-    tau_low: float = 1.0                  # U < tau_low: confident
-    tau_mid: float = 2.0                  # < tau_mid: moderate (refined sampling)
-    tau_high: float = 3.0                 # < tau_high: MC refinement; >= : THINK + deep recursion
-    lambda_epistemic: float = 0.3         # U_total = U + lambda * mutual information
-    refined_temperature: float = 0.7      # moderate band: temperature multiplier
+    steps_base: int | None = None         # iterations per block, cheap path
+    steps_reasoning: int | None = None    # iterations per block, deep path (<= the model's)
+    mc_samples: int | None = None         # dropout samples in the high band
+    weight_entropy: float | None = None   # U = a*H + b*dispersion - c*p_max
+    weight_dispersion: float | None = None
+    weight_p_max: float | None = None
+    tau_low: float | None = None          # U < tau_low: confident
+    tau_mid: float | None = None          # < tau_mid: moderate (refined sampling)
+    tau_high: float | None = None         # < tau_high: MC refinement; >= : THINK + deep recursion
+    lambda_epistemic: float | None = None  # U_total = U + lambda * mutual information
+    refined_temperature: float | None = None  # moderate band: temperature multiplier
     use_halting: bool = False             # stop a block's iterations when p_halt >= threshold
-    halting_threshold: float = 0.5
+    halting_threshold: float | None = None
     inject_think: bool = True             # very high band: inject THINK when the model has one
 
     def __post_init__(self) -> None:
@@ -64,7 +74,7 @@ class GenerationOptions:
                  "stop", self.stop, "a tuple of non-empty strings")
         _require(self.eos_token_id is None or (_is_int(self.eos_token_id) and self.eos_token_id >= 0),
                  "eos_token_id", self.eos_token_id, "None or an id >= 0")
-        for name in ("do_sample", "adaptive", "use_halting", "inject_think"):
+        for name in ("ignore_eos", "do_sample", "adaptive", "use_halting", "inject_think"):
             _require(isinstance(getattr(self, name), bool), name, getattr(self, name),
                      "True or False")
         _require(_is_number(self.temperature) and self.temperature > 0,
@@ -75,25 +85,39 @@ class GenerationOptions:
                  self.top_p, "None or in (0, 1]")
         _require(self.seed is None or _is_int(self.seed) and self.seed >= 0, "seed", self.seed,
                  "None or an int >= 0")
-        _require(_is_int(self.steps_base) and self.steps_base >= 1, "steps_base", self.steps_base,
-                 "an int >= 1")
-        _require(_is_int(self.steps_reasoning) and self.steps_reasoning >= self.steps_base,
-                 "steps_reasoning", self.steps_reasoning, f"an int >= steps_base={self.steps_base}")
-        _require(_is_int(self.mc_samples) and 2 <= self.mc_samples <= 64, "mc_samples",
-                 self.mc_samples, "an int in [2, 64]")
+        optional = lambda name: getattr(self, name) is None  # noqa: E731 (the model's value)
+        _require(optional("steps_base") or _is_int(self.steps_base) and self.steps_base >= 1,
+                 "steps_base", self.steps_base, "an int >= 1")
+        _require(optional("steps_reasoning") or _is_int(self.steps_reasoning)
+                 and self.steps_reasoning >= (self.steps_base or 1), "steps_reasoning",
+                 self.steps_reasoning, f"an int >= steps_base={self.steps_base or 1}")
+        _require(optional("mc_samples") or _is_int(self.mc_samples) and 2 <= self.mc_samples <= 64,
+                 "mc_samples", self.mc_samples, "an int in [2, 64]")
         for name in ("weight_entropy", "weight_dispersion", "weight_p_max"):
-            _require(_is_number(getattr(self, name)), name, getattr(self, name), "a finite number")
-        for name in ("tau_low", "tau_mid", "tau_high"):   # +-inf switches a band off or on
-            _require(_is_number(getattr(self, name), finite=False), name, getattr(self, name),
-                     "a number (+-inf allowed, not NaN)")
-        _require(self.tau_low <= self.tau_mid <= self.tau_high, "tau_low <= tau_mid <= tau_high",
+            _require(optional(name) or _is_number(getattr(self, name)), name, getattr(self, name),
+                     "a finite number")
+        taus = ("tau_low", "tau_mid", "tau_high")
+        for name in taus:                                 # +-inf switches a band off or on
+            _require(optional(name) or _is_number(getattr(self, name), finite=False), name,
+                     getattr(self, name), "a number (+-inf allowed, not NaN)")
+        given = [getattr(self, name) for name in taus if not optional(name)]
+        _require(given == sorted(given), "tau_low <= tau_mid <= tau_high",
                  (self.tau_low, self.tau_mid, self.tau_high), "ordered")
-        _require(_is_number(self.lambda_epistemic) and self.lambda_epistemic >= 0,
-                 "lambda_epistemic", self.lambda_epistemic, "a finite number >= 0")
-        _require(_is_number(self.refined_temperature) and self.refined_temperature > 0,
-                 "refined_temperature", self.refined_temperature, "a finite number > 0")
-        _require(_is_number(self.halting_threshold) and 0 < self.halting_threshold <= 1,
-                 "halting_threshold", self.halting_threshold, "in (0, 1]")
+        _require(optional("lambda_epistemic") or _is_number(self.lambda_epistemic)
+                 and self.lambda_epistemic >= 0, "lambda_epistemic", self.lambda_epistemic,
+                 "a finite number >= 0")
+        _require(optional("refined_temperature") or _is_number(self.refined_temperature)
+                 and self.refined_temperature > 0, "refined_temperature",
+                 self.refined_temperature, "a finite number > 0")
+        _require(optional("halting_threshold") or _is_number(self.halting_threshold)
+                 and 0 < self.halting_threshold <= 1, "halting_threshold",
+                 self.halting_threshold, "in (0, 1]")
+
+    def resolved(self, model: dict[str, Any]) -> GenerationOptions:
+        """These options with every None model field (MODEL_FIELDS) taken from `model`, the
+        manifest's model_config and controller values by name; validated again."""
+        return dataclasses.replace(self, **{name: model[name] for name in MODEL_FIELDS
+                                            if getattr(self, name) is None})
 
     def check_model(self, num_steps_reasoning: int, vocab_size: int) -> None:
         """Limits that depend on the model: its KV buffers hold steps_reasoning iterations."""

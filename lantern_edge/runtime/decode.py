@@ -1,0 +1,199 @@
+"""One generation's model state, and the one loop that feeds tokens through the sessions.
+
+`Sequence` owns everything a generation mutates: its KV state (kv_state.py), the buffers and IO
+bindings of its one-token passes, its call timer. Many Sequences share one Engine (engine.py),
+so threads generating at once never touch each other's state.
+
+`Sequence.feed` runs new tokens embed -> blocks (each iteration one call of the block's step
+graph, its KV stored) -> lm_head, through one of three passes with the same interface:
+- `HostPass` (here): `session.run` on host arrays; prompts (several tokens), and one token when
+  no faster pass applies;
+- `BoundPass` (bindings.py): one token through IO binding to persistent host buffers (the CPU
+  default: a bound call copies and allocates nothing);
+- `DevicePass` (device_kv.py): one token with the KV state resident on the accelerator.
+A pass does the graph calls and KV writes; the per-(block, iteration) loop and the halting rule
+live only in `Sequence._loop`.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+
+from .engine import SIGNALS, Engine
+from .kv_state import KVState
+
+
+@dataclass
+class FeedResult:
+    logits: np.ndarray            # [T, V] float32 (a view valid until the next call)
+    iterations: list[int]         # iterations run per block (for the last token)
+    halting: list[float | None]   # p_halt of each block's last iteration (last token)
+    position: int                 # position of the last token
+    is_global: bool               # the last token is a global token (position 0 or THINK)
+    mc_input: np.ndarray          # [1, 1, C] hidden entering the last block's last iteration
+
+
+@dataclass
+class CallTimer:
+    """Wall time spent inside session calls, to report controller overhead."""
+    seconds: float = 0.0
+    calls: int = 0
+    by_graph: dict[str, float] = field(default_factory=dict)
+
+    def add(self, name: str, seconds: float) -> None:
+        self.seconds += seconds
+        self.calls += 1
+        self.by_graph[name] = self.by_graph.get(name, 0.0) + seconds
+
+
+class HostPass:
+    """Tokens [T] through `session.run` with the KV state in host arrays."""
+
+    def __init__(self, seq: Sequence):
+        self.seq = seq
+
+    def begin(self, ids: np.ndarray) -> None:
+        seq, kv = self.seq, self.seq.kv
+        self.ids = ids
+        self.positions = np.arange(kv.length, kv.length + len(ids), dtype=np.int64)
+        self.new_global = self.positions == 0
+        if seq.engine.think_id is not None:
+            self.new_global |= ids == seq.engine.think_id
+        self.tokens, self.slots = kv.slots_for(self.positions, self.new_global)
+        self.bias = kv.attn_bias(self.positions, self.new_global)
+        self.hidden = seq.run("embed", seq.engine.embed,
+                              {"input_ids": ids, "positions": self.positions})[0]
+        self.mc_input = self.hidden[:, -1:]
+
+    def block(self, b: int, i: int) -> float | None:
+        seq, kv = self.seq, self.seq.kv
+        if b == len(seq.engine.blocks) - 1:
+            self.mc_input = self.hidden[:, -1:]           # input of the last block's iteration
+        out = seq.run("block", seq.engine.blocks[b], {
+            "hidden": self.hidden, "positions": self.positions, "past_key": kv.keys[b, i],
+            "past_value": kv.values[b, i], "attn_bias": self.bias})
+        self.hidden, self.key, self.value = out[:3]
+        kv.write(b, i, self.key, self.value, self.tokens, self.slots)
+        return float(out[3][0, -1]) if len(out) > 3 else None
+
+    def end_block(self, b: int, done: int) -> None:
+        for i in range(done, self.seq.kv.keys.shape[1]):          # carried-KV policy
+            self.seq.kv.write(b, i, self.key, self.value, self.tokens, self.slots)
+
+    def finish(self) -> tuple[np.ndarray, int, bool, np.ndarray]:
+        seq = self.seq
+        seq.kv.commit(self.positions, self.tokens, self.slots, self.new_global)
+        logits = seq.run("lm_head", seq.engine.lm_head, {"hidden": self.hidden})[0][0]
+        return logits, int(self.positions[-1]), bool(self.new_global[-1]), self.mc_input
+
+
+class Sequence:
+    """The state of one generation over a shared Engine: KV, passes, timer."""
+
+    def __init__(self, engine: Engine):
+        from .bindings import BoundPass
+        from .device_kv import DevicePass
+
+        self.engine = engine
+        self.config = engine.config
+        self.kv = KVState(engine.config)
+        self.timer = CallTimer()
+        self.host = HostPass(self)
+        self.device = DevicePass(self) if engine.kv_on_device else None
+        self.one = self.device or (BoundPass(self) if engine.bind_host else self.host)
+
+    def reset(self) -> None:
+        self.kv.reset()
+        self.timer = CallTimer()
+        if self.device is not None:
+            self.device.fresh = False
+
+    def _timed(self, name: str, call, *args):
+        start = time.perf_counter()
+        out = call(*args)
+        self.timer.add(name, time.perf_counter() - start)
+        return out
+
+    def run(self, name: str, session, feeds: dict) -> list[np.ndarray]:
+        return self._timed(name, session.run, None, feeds)
+
+    def run_bound(self, name: str, session, binding) -> None:
+        self._timed(name, session.run_with_iobinding, binding)
+
+    def check_step(self, last_position: int, depth: int) -> None:
+        cfg = self.config
+        if last_position >= cfg.max_position:
+            raise ValueError(f"position {last_position} is past the model's max_position="
+                             f"{cfg.max_position}")
+        if not 1 <= depth <= cfg.steps_reasoning:
+            raise ValueError(f"depth must be in [1, steps_reasoning={cfg.steps_reasoning}], "
+                             f"got {depth}")
+
+    def feed(self, ids, depth: int, halting_threshold: float | None = None) -> FeedResult:
+        """Run tokens ids [T] at the next positions, `depth` iterations of every block.
+
+        With a halting threshold (one token only), a block stops after the first iteration
+        whose p_halt >= threshold.
+        """
+        ids = np.asarray(ids, dtype=np.int64)
+        length = len(ids)
+        self.check_step(self.kv.length + length - 1, depth)
+        window = self.config.window_size
+        if length > window:
+            # Window-sized chunks: a chunk attends to the stored KV plus itself, so attention
+            # costs T x (W + G + W) instead of T x (W + G + T), and the [T, K + T] bias and
+            # scores stay bounded (a 1024-token prompt in one call peaked at ~290 MB).
+            parts = [self.feed(ids[start:start + window], depth)
+                     for start in range(0, length, window)]
+            return replace(parts[-1], logits=np.concatenate([p.logits for p in parts]))
+        if length == 1:
+            return self._loop(self.one, ids, depth, halting_threshold)
+        if self.device is None:
+            return self._loop(self.host, ids, depth, None)
+        self.device.download()          # the host pass reads and writes the host KV
+        try:
+            return self._loop(self.host, ids, depth, None)
+        finally:
+            self.device.upload()
+
+    def _loop(self, pass_, ids: np.ndarray, depth: int, halting: float | None) -> FeedResult:
+        pass_.begin(ids)
+        iterations, halts = [], []
+        for b in range(self.config.num_blocks):
+            done = 0
+            for i in range(depth):
+                p_halt = pass_.block(b, i)
+                done = i + 1
+                if halting is not None and p_halt is not None and p_halt >= halting:
+                    break
+            pass_.end_block(b, done)
+            iterations.append(done)
+            halts.append(p_halt)
+        logits, position, is_global, mc_input = pass_.finish()
+        return FeedResult(logits, iterations, halts, position, is_global, mc_input)
+
+    def mc_logits(self, step: FeedResult, masks: dict[str, np.ndarray]) -> np.ndarray:
+        """[S, V] logits of the newest token's last-block last iteration re-run with masks."""
+        if self.device is not None:
+            hidden = self.device.mc_hidden(step, masks)
+        else:
+            b, i = self.config.num_blocks - 1, step.iterations[-1] - 1
+            positions = np.array([step.position], dtype=np.int64)
+            bias = self.kv.attn_bias(positions, np.array([step.is_global]))
+            hidden = self.run("mc_step", self.engine.mc, {
+                "hidden": step.mc_input, "positions": positions, "past_key": self.kv.keys[b, i],
+                "past_value": self.kv.values[b, i], "attn_bias": bias, **masks})[0]
+        return self.run("lm_head", self.engine.lm_head, {"hidden": hidden})[0][:, 0]
+
+    def signals(self, logits: np.ndarray, weights: np.ndarray) -> dict[str, np.ndarray]:
+        """entropy, p_max, dispersion, score of each row of logits [N, V]. For the logits of the
+        latest bound one-token decode the bound session runs (arrays valid until the next call)."""
+        holds = getattr(self.one, "holds", None)
+        if holds is not None and holds(logits):
+            return self.one.signals(weights)
+        out = self.run("uncertainty", self.engine.uncertainty,
+                       {"logits": np.ascontiguousarray(logits, np.float32), "weights": weights})
+        return dict(zip(SIGNALS, out))
