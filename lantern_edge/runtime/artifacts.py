@@ -17,6 +17,7 @@ from ..version import MANIFEST_FORMAT_VERSION
 
 MANIFEST = "lantern.json"
 ROLES = ("embed", "blocks", "mc_step", "lm_head", "uncertainty")
+OPTIONAL_ROLES = ("inject",)           # only models with input injection have it
 _REBUILD = "re-run `lantern-export CHECKPOINT -o DIR --force`"
 
 
@@ -45,10 +46,14 @@ class Artifacts:
             entry = entry[index]
         return self.root / entry["file"]
 
+    def has_graph(self, precision: str, role: str) -> bool:
+        return role in self.manifest["graphs"][precision]
+
     def files_for(self, precision: str) -> list[str]:
         """Every file the runtime reads for this precision: graphs, their external data, tokenizer."""
         graphs = self.manifest["graphs"][precision]
-        names = [graphs[role]["file"] for role in ROLES if role != "blocks"]
+        names = [graphs[role]["file"] for role in ROLES + OPTIONAL_ROLES
+                 if role != "blocks" and (role in ROLES or role in graphs)]
         names += [entry["file"] for entry in graphs["blocks"]]
         names += list(graphs.get("external_data", []))
         names.append(self.manifest["tokenizer"])
