@@ -113,3 +113,40 @@ def test_shipped_model_forced_deep_costs_five_iterations_per_block_not_six():
     assert [t.deep_iterations for t in result.trace] == [[2, 4]] * 8
     assert result.stats["mean_iterations_per_block"] == pytest.approx(5.0)
     assert np.isfinite([t.u for t in result.trace]).all()
+
+
+@pytest.mark.parametrize("path", ["io_binding", "kv_on_device"])
+def test_decode_paths_continue_inject_and_probe_like_the_plain_path(depth_artifacts, path):
+    """IO binding and the device-resident KV (on CPU OrtValues) against session.run, in every
+    order with and without injection: mixed depth, halting, THINK, continuation, p_benefit."""
+    from lantern_edge.runtime.artifacts import open_artifacts
+    from lantern_edge.runtime.decode import Sequence
+    from lantern_edge.runtime.engine import Engine
+    _, root = depth_artifacts
+    artifacts = open_artifacts(root)
+    cfg = artifacts.model_config
+    fast = Sequence(Engine(artifacts, kv_on_device=path == "kv_on_device"))
+    plain = Sequence(Engine(artifacts))
+    plain.one = plain.host
+    weights = np.array([1.0, 0.5, 0.5], np.float32)
+    ids = sequence_ids()
+    for seq in (fast, plain):
+        seq.feed(ids[:4], cfg.steps_base)
+    for t in range(4, len(ids)):
+        depth, threshold = (cfg.steps_base, cfg.steps_reasoning, 1)[t % 3], (0.5 if t % 2 else None)
+        a, b = fast.feed([ids[t]], depth, threshold), plain.feed([ids[t]], depth, threshold)
+        if t % 4 == 0 and max(a.iterations) < cfg.steps_reasoning:
+            a, b = fast.deepen(a, cfg.steps_reasoning), plain.deepen(b, cfg.steps_reasoning)
+            assert a.ran == b.ran and sum(a.ran) < cfg.num_blocks * cfg.steps_reasoning
+        assert (a.iterations, a.position, a.is_global) == (b.iterations, b.position, b.is_global)
+        np.testing.assert_allclose(a.logits, b.logits, rtol=0, atol=1e-5)
+        sa = fast.signals(a.logits[-1:], weights, a.hidden)
+        sb = plain.signals(b.logits[-1:], weights, b.hidden)
+        assert set(sa) == set(sb) and "p_benefit" in sa
+        for name in sa:
+            np.testing.assert_allclose(sa[name], sb[name], rtol=1e-5, atol=1e-5)
+    if path == "kv_on_device":
+        fast.device.download()
+    np.testing.assert_allclose(fast.kv.keys, plain.kv.keys, rtol=0, atol=1e-5)
+    assert np.array_equal(fast.kv.slot_pos, plain.kv.slot_pos)
+    assert fast.kv.global_count == plain.kv.global_count == 3
