@@ -86,6 +86,17 @@ def random_artifacts(tmp_path_factory, random_checkpoint):
 
 # --- depth (recursion order, input injection, depth probe) --------------------------------------
 
+@pytest.fixture(scope="module")
+def single_torch_thread():
+    """The reference decodes one token at a time: tiny ops, where a second thread only adds
+    synchronisation (and the machine is shared)."""
+    import torch
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def _depth_variant_name(variant) -> str:
     return f"{variant[0]}-{'inject' if variant[1] else 'plain'}"
 

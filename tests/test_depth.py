@@ -12,12 +12,7 @@ from depth_models import VARIANTS, depth_model
 from depth_models import sequence_ids as _ids
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
 
 def sequence_ids() -> torch.Tensor:

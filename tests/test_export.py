@@ -29,14 +29,7 @@ RANDOM_GRAPHS = ["model.onnx", "embed.onnx", "block0.onnx", "block1.onnx", "mc_s
                  "lm_head.onnx", "uncertainty.onnx"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_torch_thread():
-    """The reference decodes one token at a time: tiny ops, where a second thread only adds
-    synchronisation (and the machine is shared)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
 
 def depth_pattern(t, cfg):

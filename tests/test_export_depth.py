@@ -17,12 +17,7 @@ from depth_models import depth_model, sequence_ids
 WEIGHTS = np.array([1.0, 0.5, 0.5], np.float32)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
 
 @pytest.fixture

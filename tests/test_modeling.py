@@ -170,7 +170,7 @@ def test_late_positions_equal_the_same_tokens_inside_a_long_sequence(random_mode
 def test_mc_block_step_with_explicit_masks_is_reproducible(random_model):
     ids = _sequence(12)
     decoder = IncrementalDecoder(random_model)
-    out = decoder.forward(ids)
+    decoder.forward(ids)
     cfg = random_model.config
     g = torch.Generator().manual_seed(3)
     keep = lambda *shape: (torch.rand(*shape, generator=g) >= cfg.dropout).float() / (1 - cfg.dropout)  # noqa: E731

@@ -13,12 +13,7 @@ from lantern_edge.model.incremental import IncrementalDecoder
 from depth_models import sequence_ids
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
 
 def reference_greedy(model, prompt, n, think: bool):
