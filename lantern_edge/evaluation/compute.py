@@ -9,7 +9,7 @@ steps_reasoning per block; an MC refinement costs mc_samples iterations of one b
 mc_samples / num_blocks on this scale.
 
 Every adaptive point is one joint teacher-forced pass (passes.adaptive): the chosen tokens get
-the very-high action (THINK while the window's global buffer has room, else re-run deep) and
+the very-high action (THINK while the window's global buffer has room, else continued deep) and
 later tokens see their KV, as in the runtime. Approximation: which tokens go deep is decided
 from the cheap pass over an all-cheap context, not over the context earlier deep tokens left;
 each composite point reports how many cheap tokens the real context would have sent deep

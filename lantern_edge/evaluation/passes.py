@@ -119,7 +119,8 @@ def isolated_deep(model: LanternModel, inputs: torch.Tensor, targets: torch.Tens
                   think: bool) -> Outcome:
     """Each token's prediction had it alone gone deep over the cheap pass's context.
 
-    think=False: token t re-run at steps_reasoning (the runtime's "deepened" path);
+    think=False: token t at steps_reasoning (the runtime's "deepened" path: it continues the
+    token, with the same logits as this re-run);
     think=True: a THINK at position t + 1 run at steps_reasoning, whose logits predict
     targets[:, t] (the runtime's THINK injection). The context (every other token) ran
     steps_base iterations; iterations past steps_base see its carried KV.
@@ -170,12 +171,12 @@ class Layout:
     read: torch.Tensor          # (B, T) index in ids whose logits predict targets[:, t]
     think: torch.Tensor         # (B, L) bool, an injected THINK
     thinks: int                 # THINK tokens inserted in all
-    deepened: int               # deep tokens re-run in place (no THINK slot left, or none)
+    deepened: int               # deep tokens continued in place (no THINK slot left, or none)
 
 
 def layout(model: LanternModel, inputs: torch.Tensor, deep: np.ndarray, use_think: bool) -> Layout:
     """Where each deep token's extra compute goes: a THINK after it while the window's global
-    buffer has room (max_global_tokens, position 0 included), else the token re-run deep."""
+    buffer has room (max_global_tokens, position 0 included), else the token continued deep."""
     cfg = model.config
     base, top = cfg.steps_base, cfg.steps_reasoning
     think_id = cfg.think_token_id if use_think else None
