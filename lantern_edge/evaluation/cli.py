@@ -29,9 +29,9 @@ METHOD = (
     "Teacher-forced on the PyTorch reference (the model the ONNX graphs are held equal to).",
     "Signals come from the cheap pass (steps_base), as the runtime computes them.",
     "Extra compute per token is the runtime's very-high action with carried KV: a THINK token "
-    "run at steps_reasoning (continuing the token to steps_reasoning once the window's global "
-    "buffer is full, with the logits of a re-run and the cost of a continuation); MC averaging re-runs the last block's last cheap iteration with the "
-    "runtime's dropout-mask recipe.",
+    "run at steps_reasoning (the token continued to steps_reasoning once the window's global "
+    "buffer is full: the logits of a re-run at the cost of a continuation); MC averaging "
+    "re-runs the last block's last cheap iteration with the runtime's dropout-mask recipe.",
     "Each held-out window is one generation: its global buffer starts empty.",
     "Adaptive points run one joint pass in which later tokens see the deep tokens' KV; which "
     "tokens go deep is decided from the cheap pass over an all-cheap context (\"flipped\" "
