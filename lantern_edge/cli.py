@@ -12,7 +12,7 @@ import sys
 # command -> (module with main(argv) -> int, one-line help)
 COMMANDS = {
     "train": ("lantern_edge.model.train_cli", "train a tokenizer and a LANTERN model on a corpus"),
-    "corpus": ("lantern_edge.model.corpus", "assemble the training corpus (default: Python stdlib)"),
+    "corpus": ("lantern_edge.model.corpus_cli", "assemble the training corpus (default: Python stdlib)"),
     "generate": ("lantern_edge.runtime.cli", "generate text with an artifacts directory"),
     "quantize": ("lantern_edge.quantization.cli", "write INT8 graphs beside the fp32 ones"),
     "eval": ("lantern_edge.evaluation.cli", "is the uncertainty signal a good compute controller?"),

@@ -1,11 +1,15 @@
-"""The default corpus: real stdlib sources, tests/vendored/generated code excluded, split by file."""
+"""The corpora: real stdlib sources, tests/vendored/generated code excluded, split by file; the
+closure corpus from installed distributions' metadata (a tiny fake site stands in for it)."""
 
+import json
+import re
 from pathlib import Path
 
 import pytest
 
 from lantern_edge.model.corpus import (FILE_SEPARATOR, is_excluded, is_generated, is_validation,
-                                       list_files, load_corpus, main, stdlib_root)
+                                       list_files, load_corpus, stdlib_root)
+from lantern_edge.model.corpus_cli import SHIPPED_TOKENIZER, main
 
 
 def test_stdlib_files_exclude_tests_vendored_and_installed_code():
@@ -87,3 +91,159 @@ def test_missing_or_tiny_corpus_is_a_clear_error(tmp_path, capsys):
     assert main(["--source", str(tmp_path / "nope.txt"), str(tmp_path / "x.txt")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "not found" in err
+
+
+# --- the closure corpus: installed packages resolved from metadata ---------------------------
+
+def _fake_distribution(site: Path, name: str, requires: list[str], files: dict[str, str],
+                       licence: str = "License-Expression: MIT") -> None:
+    """A real installed-distribution layout (dist-info with METADATA and RECORD) under site."""
+    info = site / f"{name}-1.0.dist-info"
+    info.mkdir(parents=True)
+    metadata = ["Metadata-Version: 2.1", f"Name: {name}", "Version: 1.0", licence]
+    metadata += [f"Requires-Dist: {r}" for r in requires]
+    (info / "METADATA").write_text("\n".join(metadata) + "\n")
+    for relative, text in files.items():
+        (site / relative).parent.mkdir(parents=True, exist_ok=True)
+        (site / relative).write_text(text)
+    (info / "RECORD").write_text("".join(f"{r},,\n" for r in [*files, f"{info.name}/METADATA"]))
+
+
+@pytest.fixture
+def fake_site(tmp_path):
+    """root[x] -> alpha, root[y] -> delta, beta[fast] -> gamma; plus distributions that must
+    stay out."""
+    site = tmp_path / "site"
+    module = lambda i: f"def f{i}(x):\n    return x * {i}\n"  # noqa: E731
+    _fake_distribution(site, "fakeroot", [
+        "alpha>=1; extra == 'x'", "Beta[fast]", "unwanted; extra == 'other'", "pip",
+        "never; python_version < '3'", "absent; extra == 'x'", "fakeroot[y]; extra == 'x'",
+        "delta; extra == 'y'"], {"fakeroot/__init__.py": "r = 1\n"})
+    _fake_distribution(site, "alpha", [], {
+        **{f"alpha/m{i}.py": module(i) for i in range(30)},
+        "alpha/tests/test_m.py": "assert False\n", "alpha/shared.py": "SHARED = 1\n",
+        "alpha/table.py": "# automatically generated, do not edit\nT = [1]\n"})
+    _fake_distribution(site, "beta", ["gamma; extra == 'fast'", "unwanted; extra == 'slow'"], {
+        **{f"beta/b{i}.py": module(100 + i) for i in range(30)}, "beta/shared.py": "SHARED = 1\n"},
+        licence="License: BSD\n" + "Classifier: License :: OSI Approved :: BSD License")
+    table = f"C = {[i / 7 for i in range(50)]}\n"          # mostly digits: data, not code
+    _fake_distribution(site, "Gamma", [], {**{f"gamma/g{i}.py": module(200 + i) for i in range(5)},
+                                           "gamma/colours.py": table},
+                       licence="License: A very long licence text\n that spans lines\n"
+                               "Classifier: License :: OSI Approved :: MIT License")
+    _fake_distribution(site, "delta", [], {"delta.py": "DELTA = 'an extra of an extra'\n"})
+    for name in ("unwanted", "never", "pip"):
+        _fake_distribution(site, name, [], {f"{name}/__init__.py": f"{name.upper()} = 1\n"})
+    return site
+
+
+def test_closure_follows_extras_and_markers_and_skips_packaging_tools(fake_site):
+    from lantern_edge.model.closure import dependency_closure
+    dists, missing = dependency_closure("fakeroot", ("x",), path=[str(fake_site)])
+    assert [d.metadata["Name"] for d in dists] == ["alpha", "beta", "delta", "Gamma"]
+    assert missing == ["absent"]
+    dists, missing = dependency_closure("fakeroot", (), path=[str(fake_site)])
+    assert [d.metadata["Name"] for d in dists] == ["beta", "Gamma"] and missing == []
+    with pytest.raises(ValueError, match="not installed"):
+        dependency_closure("nosuchroot", (), path=[str(fake_site)])
+
+
+def _closure_corpus(site, monkeypatch, **kwargs):
+    from lantern_edge.model import corpus as corpus_module
+    from lantern_edge.model.closure import closure_sources
+    monkeypatch.setattr(corpus_module, "stdlib_source", lambda: corpus_module.Source(
+        "stdlib", "3", "PSF-2.0", ()))      # the real stdlib is covered above; keep this fast
+    monkeypatch.setattr(corpus_module, "closure_sources", lambda requirement, keep: closure_sources(
+        requirement, keep, path=[str(site)]))
+    return load_corpus(offline="closure", closure="fakeroot[x]", val_fraction=0.2, **kwargs)
+
+
+def test_closure_corpus_manifest_is_deduplicated_reproducible_and_content_hashed(
+        fake_site, monkeypatch):
+    from tokenizers import Tokenizer
+    tokenizer = Tokenizer.from_file(str(SHIPPED_TOKENIZER))
+    corpus = _closure_corpus(fake_site, monkeypatch, tokenizer=tokenizer)
+    again = _closure_corpus(fake_site, monkeypatch, tokenizer=tokenizer)
+    assert json.dumps(corpus.description) == json.dumps(again.description)
+    d = corpus.description
+    rows = {s["source"]: s for s in d["sources"]}
+    assert list(rows) == ["stdlib", "alpha", "beta", "delta", "gamma"]
+    # alpha: 30 modules + shared.py; its tests and generated table are out, as is gamma's table
+    # of numbers; beta's copy of shared.py is a duplicate of alpha's (first in source order wins)
+    assert (rows["alpha"]["files"], rows["beta"]["files"], rows["gamma"]["files"]) == (31, 30, 5)
+    assert rows["beta"]["duplicates"] == 1 and d["skipped"]["generated"] == 2
+    assert (rows["alpha"]["licence"], rows["beta"]["licence"], rows["gamma"]["licence"]) == (
+        "MIT", "BSD", "MIT License")
+    assert rows["alpha"]["version"] == "1.0" and d["missing"] == ["absent"]
+    texts = corpus.train + corpus.val
+    assert len(texts) == len(set(texts)) == 67
+    assert sum(s["bytes"] for s in d["sources"]) == sum(len(t.encode()) for t in texts)
+    assert sum(s["tokens"] for s in d["sources"]) == sum(
+        len(tokenizer.encode(t, add_special_tokens=False).ids) for t in texts)
+    kept = [*(f"alpha/m{i}.py" for i in range(30)), "alpha/shared.py", "delta.py",
+            *(f"beta/b{i}.py" for i in range(30)), *(f"gamma/g{i}.py" for i in range(5))]
+    expected_val = [r for r in kept if is_validation(r, 0.2)]
+    assert 0 < len(expected_val) == sum(s["files_val"] for s in d["sources"])
+    assert sorted(corpus.val) == sorted((fake_site / r).read_text() for r in expected_val)
+    (fake_site / "gamma" / "g0.py").write_text("changed = True\n")
+    changed = _closure_corpus(fake_site, monkeypatch).description
+    assert changed["content_sha256"] != d["content_sha256"]
+
+
+def test_corpus_cli_prints_sizes_per_source_and_rejects_bad_input(fake_site, monkeypatch,
+                                                                  tmp_path, capsys):
+    monkeypatch.syspath_prepend(str(fake_site))
+    from lantern_edge.model import corpus as corpus_module
+    monkeypatch.setattr(corpus_module, "stdlib_source", lambda: corpus_module.Source(
+        "stdlib", "3", "PSF-2.0", ()))
+    out = tmp_path / "out"
+    assert main(["--offline-corpus", "closure", "--closure-of", "fakeroot[x]",
+                 "--val-fraction", "0.2", "-o", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert re.search(r"^alpha +1\.0 +MIT +31 ", printed, re.MULTILINE), printed
+    assert re.search(r"^total +67 ", printed, re.MULTILINE)
+    assert "missing requirements: absent" in printed
+    manifest = json.loads((out / "corpus.json").read_text())
+    assert manifest["tokens_counted_with"]["vocab_size"] == 4096
+    assert [s["source"] for s in manifest["sources"]] == ["stdlib", "alpha", "beta", "delta",
+                                                          "gamma"]
+    (tmp_path / "file").write_text("x")
+    for argv, problem in ([["-o", str(tmp_path / "file" / "sub")], "cannot create the output"],
+                          [["--offline-corpus", "closure", "--closure-of", "x[["],
+                           "bad requirement"],
+                          [["--offline-corpus", "web"], "invalid choice"],
+                          [["--offline-corpus", "closure", "--closure-of", "nosuch"],
+                           "not installed"],
+                          [["--source", str(tmp_path), "--offline-corpus", "closure"],
+                           "exclude each other"]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and problem in err and err.startswith("lantern-edge corpus:")
+
+
+def test_trainer_reads_the_closure_corpus_when_asked(fake_site, monkeypatch, tmp_path, capsys):
+    from lantern_edge.model import corpus as corpus_module
+    from lantern_edge.model.checkpoint import load_checkpoint
+    from lantern_edge.model.closure import closure_sources
+    from lantern_edge.model.train_cli import main as train_main
+    monkeypatch.setattr(corpus_module, "stdlib_source", lambda: corpus_module.Source(
+        "stdlib", "3", "PSF-2.0", ()))
+    # the trainer asks for the project's own closure; this stands a tiny one in for it
+    monkeypatch.setattr(corpus_module, "closure_sources", lambda requirement, keep: closure_sources(
+        "fakeroot[x]", keep, path=[str(fake_site)]))
+    out = tmp_path / "c.pt"
+    assert train_main(["--preset", "tiny", "--offline-corpus", "closure", "--val-fraction", "0.3",
+                       "--vocab-size", "300", "--hidden-size", "32", "--intermediate-size", "64",
+                       "--seq-len", "16", "--batch-size", "2", "--max-steps", "2",
+                       "--eval-interval", "2", "--eval-batches", "1", "-o", str(out), "-q"]) == 0
+    training = load_checkpoint(out).training
+    assert training["train_config"]["offline_corpus"] == "closure"
+    assert [s["source"] for s in training["data"]["sources"]] == [
+        "stdlib", "alpha", "beta", "delta", "gamma"]
+    capsys.readouterr()
+    for argv, message in ([["--offline-corpus", "web"], "invalid choice: 'web'"],
+                          [["--offline-corpus", "closure", "--corpus", str(tmp_path)],
+                           "without corpus paths"]):
+        assert train_main(["--preset", "tiny", "-q", *argv]) == 2
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1, err

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from ..errors import ArtifactError
+from ..errors import ArtifactError, CheckpointError
 from ..runtime.artifacts import open_artifacts, sha256_of
 from ..version import __version__
 from . import analysis
@@ -184,6 +184,9 @@ def _plan(settings: BenchSettings, artifacts, progress) -> _Plan:
             if c.precision == "int8":
                 plan.skipped[c.name] = str(e)
     torch_reason = _torch_reason(plan, artifacts, progress)
+    if torch_reason and settings.checkpoint is not None and installed("torch"):
+        # the user named this checkpoint: a refused or foreign one is an error, not a skip
+        raise CheckpointError(f"--checkpoint {settings.checkpoint}: {torch_reason}")
     for c in CONFIGURATIONS:
         if c.engine != "onnx" and torch_reason:
             plan.skipped[c.name] = torch_reason

@@ -8,7 +8,6 @@ interrupted or failed export never leaves a half-written artifacts directory.
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 import tempfile
 import time
@@ -19,6 +18,8 @@ import onnx
 import torch
 
 from ..model.checkpoint import load_checkpoint
+from ..runtime.sessions import parse_tokenizer
+from .atomic import clean_stale, partial_prefix, replace_dir
 from .builder import MIN_OPSET
 from .errors import ExportError, ParityError
 from .manifest import (METADATA_KEY, TOKENIZER_FILE, build_manifest, metadata_json, sha256_of,
@@ -98,11 +99,14 @@ def export_checkpoint(checkpoint_path: str | Path, out_dir: str | Path, opset: i
         raise ExportError(
             f"{checkpoint_path} is an upstream checkpoint without a vocabulary: put upstream's "
             f"vocab.json beside it or pass --vocab VOCAB_JSON")
+    parse_tokenizer(checkpoint.tokenizer_json, checkpoint.model_config.vocab_size,
+                    f"the tokenizer_json in {checkpoint_path}")
     model = checkpoint.build_model()
     parent = out_dir.resolve().parent
     try:
         parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=parent))
+        clean_stale(parent, out_dir.name)
+        tmp = Path(tempfile.mkdtemp(prefix=partial_prefix(out_dir.name), dir=parent))
     except OSError as e:
         raise ExportError(f"cannot write to {parent}: {e.strerror or e}") from e
     try:
@@ -152,15 +156,4 @@ def _graph_reports(root: Path, built, files, errors) -> list[GraphReport]:
 def _replace(tmp: Path, out_dir: Path) -> None:
     """Move tmp to out_dir; an existing out_dir (--force) is swapped out, then removed."""
     tmp.chmod(0o755)                           # mkdtemp made it private; artifacts are not
-    old = None
-    if out_dir.exists():
-        old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
-        out_dir.rename(old)
-    try:
-        tmp.rename(out_dir)
-    except OSError:
-        if old is not None:
-            old.rename(out_dir)                # put the previous artifacts back
-        raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+    replace_dir(tmp, out_dir)

@@ -13,6 +13,7 @@ from typing import Any
 from ..model.checkpoint import Checkpoint
 from ..runtime.artifacts import MANIFEST, sha256_of  # noqa: F401  (re-exported)
 from ..version import MANIFEST_FORMAT_VERSION, __version__
+from .atomic import write_text_atomic
 from .onnx_export import WEIGHTS_FILE, GraphFile
 
 MANIFEST_FILE = MANIFEST
@@ -61,10 +62,12 @@ def write_manifest(out_dir: Path, manifest: dict[str, Any]) -> dict[str, Any]:
     """Hash every file under out_dir (except lantern.json itself), store the hashes in
     manifest["files"] and write lantern.json; returns the manifest."""
     out_dir = Path(out_dir)
-    manifest["files"] = {
-        p.relative_to(out_dir).as_posix(): sha256_of(p)
-        for p in sorted(out_dir.rglob("*")) if p.is_file() and p.name != MANIFEST_FILE}
-    (out_dir / MANIFEST_FILE).write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
+    names = [p.relative_to(out_dir).as_posix() for p in sorted(out_dir.rglob("*"))
+             if p.is_file() and p.name != MANIFEST_FILE]
+    # hidden entries are work files of a running or killed export/quantize, not artifacts
+    manifest["files"] = {name: sha256_of(out_dir / name) for name in names
+                         if not any(part.startswith(".") for part in name.split("/"))}
+    write_text_atomic(out_dir / MANIFEST_FILE, json.dumps(manifest, indent=1) + "\n")
     return manifest
 
 

@@ -12,6 +12,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from .atomic import write_text_atomic
+
 MODEL_CARD = "MODEL_CARD.md"
 
 
@@ -19,7 +21,7 @@ def write_model_card(root: Path, manifest: dict[str, Any], notes: str = "") -> P
     """Write root/MODEL_CARD.md for ``manifest``; callers rewrite lantern.json afterwards so the
     card's sha256 is current."""
     path = Path(root) / MODEL_CARD
-    path.write_text(render_model_card(manifest, notes), encoding="utf-8")
+    write_text_atomic(path, render_model_card(manifest, notes))
     return path
 
 

@@ -26,11 +26,10 @@ from ..model.uncertainty import UncertaintyHead
 from ..runtime.artifacts import open_artifacts
 from ..runtime.decode import Sequence
 from ..runtime.engine import Engine, session_options
+# the tolerances live with the runtime, which refuses artifacts recorded out of them
+from ..runtime.manifest_check import (LOGIT_TOLERANCE, PARITY_KEYS,  # noqa: F401
+                                      SIGNAL_TOLERANCE, parity_failures)
 
-LOGIT_TOLERANCE = 1e-4          # max abs logit difference, fp32
-SIGNAL_TOLERANCE = 1e-4         # uncertainty signals, relative to each signal's magnitude
-PARITY_KEYS = ("decode_logits", "decode_halt", "mc_step_logits", "uncertainty_rel",
-               "model_onnx_logits")
 
 
 def keep_masks(config: ModelConfig, samples: int, tokens: int, rng: np.random.Generator
@@ -87,7 +86,8 @@ def check_parity(model: LanternModel, root: str | Path) -> dict[str, float]:
 def _check_parity(model: LanternModel, root: str | Path) -> dict[str, float]:
     cfg = model.config
     ids, depth = parity_sequence(cfg)
-    engine = Sequence(Engine(open_artifacts(root), providers=["CPUExecutionProvider"]))
+    engine = Sequence(Engine(open_artifacts(root, require_parity=False),
+                             providers=["CPUExecutionProvider"]))
     reference = IncrementalDecoder(model)
     errors = dict.fromkeys(PARITY_KEYS, 0.0)
 
@@ -158,10 +158,3 @@ def _check_parity(model: LanternModel, root: str | Path) -> dict[str, float]:
     errors["model_onnx_logits"] = float(np.abs(full - want).max())
     return errors
 
-
-def parity_failures(errors: dict[str, float]) -> list[str]:
-    """'name=value > limit' for each check out of tolerance (NaN counts as a failure)."""
-    limits = {"uncertainty_rel": SIGNAL_TOLERANCE}
-    return [f"{name}={value:.2e} > {limits.get(name, LOGIT_TOLERANCE):.0e}"
-            for name, value in errors.items()
-            if not value <= limits.get(name, LOGIT_TOLERANCE)]

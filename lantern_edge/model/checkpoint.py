@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -89,6 +90,7 @@ def _read(path: Path) -> Any:
         raise CheckpointError(f"checkpoint not found: {path}")
     if not path.is_file():
         raise CheckpointError(f"checkpoint path is not a file: {path}")
+    _check_zip(path)
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises many types here; all mean "unusable file"
@@ -205,6 +207,9 @@ def _upstream(path: Path, raw: dict[str, Any], vocab: Path | None) -> Checkpoint
     if head is not None and embed is not None and not torch.equal(head, embed):
         raise CheckpointError(f"{path}: lm_head.weight is not tied to token_embedding.weight")
     if "cos_cached" in rope:
+        if rope["cos_cached"].shape[0] < model_config.max_position:
+            raise CheckpointError(f"{path}: its RoPE tables are shorter than max_position="
+                                  f"{model_config.max_position}")
         cos, _ = rope_tables(model_config)
         stored = rope["cos_cached"][: model_config.max_position]
         if stored.shape != cos.shape or not torch.allclose(stored, cos, atol=1e-6):
@@ -234,8 +239,52 @@ def _char_vocab_json(vocab: Path, vocab_size: int) -> str:
     return tokenizer.to_str()
 
 
+# Untrusted files drive memory: a config can ask for terabytes, a zip entry can inflate a
+# thousandfold. Both are refused before anything is allocated.
+MAX_PARAMETER_BYTES = 8 << 30            # float32 parameters the config may ask for
+MAX_DECOMPRESSED_BYTES = 16 << 30        # what a checkpoint's zip may inflate to in total
+MAX_INFLATION = 10                       # torch stores tensors uncompressed: ~1x is normal
+
+
+def _check_zip(path: Path) -> None:
+    """Refuse a zip checkpoint whose entries would inflate far beyond the file (a zip bomb)."""
+    if not zipfile.is_zipfile(path):
+        return                            # legacy (non-zip) torch files are not compressed
+    try:
+        with zipfile.ZipFile(path) as archive:
+            declared = sum(info.file_size for info in archive.infolist())
+    except (zipfile.BadZipFile, OSError) as e:
+        raise CheckpointError(f"{path} is not a readable PyTorch checkpoint: {e}") from e
+    size = path.stat().st_size
+    if declared > min(MAX_DECOMPRESSED_BYTES, MAX_INFLATION * size + (16 << 20)):
+        raise CheckpointError(
+            f"refused to load {path}: it would decompress to {declared / 2**20:.0f} MiB from "
+            f"{size / 2**20:.1f} MiB on disk (torch checkpoints are stored uncompressed; this "
+            f"looks like a zip bomb)")
+
+
+def _estimated_parameter_bytes(cfg: ModelConfig) -> int:
+    c, i = cfg.hidden_size, cfg.intermediate_size
+    per_block = 4 * c * c + 3 * c * i + 8 * c
+    return 4 * ((cfg.vocab_size + cfg.max_position) * c + cfg.num_blocks * per_block)
+
+
 def _check_state_dict(path: Path, ckpt: Checkpoint) -> None:
-    expected = LanternModel(ckpt.model_config).state_dict()
+    """The config against the tensors actually stored, before any model is built."""
+    cfg = ckpt.model_config
+    estimate = _estimated_parameter_bytes(cfg)
+    if estimate > MAX_PARAMETER_BYTES:
+        raise CheckpointError(
+            f"{path}: its config asks for about {estimate / 2**30:.1f} GiB of parameters "
+            f"(hidden_size={cfg.hidden_size}, num_blocks={cfg.num_blocks}), above the limit of "
+            f"{MAX_PARAMETER_BYTES >> 30} GiB")
+    stored = {int(m.group(1)) for k in ckpt.state_dict if (m := re.match(r"blocks\.(\d+)\.", k))}
+    if stored != set(range(cfg.num_blocks)):
+        raise CheckpointError(
+            f"{path}: the config says num_blocks={cfg.num_blocks} but the state dict holds "
+            f"blocks {sorted(stored)[:8]}; the state dict does not fit its config")
+    with torch.device("meta"):            # shapes only: nothing is allocated
+        expected = LanternModel(cfg).state_dict()
     missing = sorted(set(expected) - set(ckpt.state_dict))
     extra = sorted(set(ckpt.state_dict) - set(expected))
     wrong = [f"{k} {tuple(ckpt.state_dict[k].shape)} != {tuple(v.shape)}"

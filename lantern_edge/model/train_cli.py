@@ -12,10 +12,13 @@ import logging
 import sys
 
 from ..errors import LanternError
+from .corpus import OFFLINE_CORPORA
 
 PROG = "lantern-edge train"
 # Help for the TrainConfig fields that become flags (the rest is in training.TrainConfig).
 FIELD_HELP = {
+    "offline_corpus": "without --corpus: stdlib, or closure (the stdlib plus the Python sources "
+                      "of the installed dependency closure of lantern-edge[export,dev])",
     "corpus_max_chars": "cap on characters per split (a deterministic sample of files)",
     "val_fraction": "share of files held out for validation (split by file)",
     "vocab_size": "byte-level BPE vocabulary size, special tokens included",
@@ -43,7 +46,7 @@ FIELD_HELP = {
     "threads": "torch CPU threads while training (default: torch's choice)",
 }
 CHOICES = {"dtype": ("fp32", "bf16"), "device": ("auto", "cpu", "cuda"),
-           "recursion_order": ("sequence", "cycle")}
+           "offline_corpus": OFFLINE_CORPORA, "recursion_order": ("sequence", "cycle")}
 
 
 class UsageError(Exception):

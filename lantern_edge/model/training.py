@@ -30,7 +30,7 @@ import torch.nn.functional as F
 
 from .checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from .config import ControllerConfig, ModelConfig
-from .corpus import load_corpus
+from .corpus import OFFLINE_CORPORA, load_corpus
 from .modeling import LanternModel
 from .thresholds import BAND_QUANTILES, calibrate_thresholds
 from .tokenizer import special_token_ids, train_bpe_tokenizer
@@ -46,7 +46,8 @@ MODEL_FIELDS = ("hidden_size", "num_heads", "intermediate_size", "num_blocks", "
 class TrainConfig:
     # data
     output: str = "checkpoint.pt"
-    corpus: tuple[str, ...] = ()          # empty: the Python standard library
+    corpus: tuple[str, ...] = ()          # empty: the offline corpus below
+    offline_corpus: str = "stdlib"        # "stdlib", or "closure": stdlib + export/dev packages
     corpus_max_chars: int | None = None   # cap per split (a deterministic sample), for quick runs
     val_fraction: float = 0.05            # share of FILES held out for validation
     vocab_size: int = 4096                # byte-level BPE, special tokens included
@@ -94,6 +95,8 @@ class TrainConfig:
         if isinstance(self.corpus, (str, Path)):          # one directory or file
             object.__setattr__(self, "corpus", (str(self.corpus),))
         object.__setattr__(self, "corpus", tuple(str(c) for c in self.corpus))
+        need(self.offline_corpus in OFFLINE_CORPORA and not (self.corpus and self.offline_corpus
+             != "stdlib"), "offline_corpus", f"one of {OFFLINE_CORPORA}, without corpus paths")
         need(self.dtype in ("fp32", "bf16"), "dtype", "'fp32' or 'bf16'")
         need(self.device in ("auto", "cpu", "cuda"), "device", "'auto', 'cpu' or 'cuda'")
         need(260 < self.vocab_size <= 65536, "vocab_size", "in (260, 65536] for byte-level BPE")
@@ -391,7 +394,8 @@ def _train(cfg: TrainConfig, device: torch.device, resume: str | Path | None,
         _check_resumable(cfg, resume, state)
 
     # 1. data and tokenizer (reused from the checkpoint when resuming)
-    corpus = load_corpus(list(cfg.corpus), cfg.val_fraction, cfg.corpus_max_chars)
+    corpus = load_corpus(list(cfg.corpus), cfg.val_fraction, cfg.corpus_max_chars,
+                         cfg.offline_corpus)
     if state is not None:
         tokenizer, model_cfg = Tokenizer.from_str(state.tokenizer_json), state.model_config
     else:

@@ -48,6 +48,7 @@ def quantize_artifacts(path: str | Path, *, mode: str = "dynamic", per_channel: 
                        calibration: list[str] | None = None, force: bool = False,
                        evaluate: bool = True, progress=lambda message: None) -> QuantReport:
     """Write int8/ graphs for the artifacts at path and add them to lantern.json."""
+    from ..export.atomic import clean_stale, partial_prefix, replace_dir
     from ..export.manifest import graph_section, write_manifest
     from ..export.model_card import write_model_card
     from ..export.onnx_export import write_graphs
@@ -64,15 +65,16 @@ def quantize_artifacts(path: str | Path, *, mode: str = "dynamic", per_channel: 
     except ArtifactError as e:
         raise QuantizationError(f"{path} is not a LANTERN artifacts directory ({e})") from e
     root = artifacts.root
-    if "int8" in artifacts.manifest["graphs"] and not force:
+    if "int8" in artifacts.manifest["graphs"] and not force and _int8_intact(root):
         raise QuantizationError(f"{root} already has INT8 graphs; pass --force to redo them")
+    clean_stale(root)                          # work files of a killed quantize
     calibration_texts = _calibration_texts(calibration) if mode == "static" else None
 
     fp32 = artifacts.manifest["graphs"]["fp32"]
     roles = [("embed", fp32["embed"]["file"])] + [("block", e["file"]) for e in fp32["blocks"]]
     roles += [(role, fp32[role]["file"]) for role in ("mc_step", "lm_head", "uncertainty", "inject")
               if role in fp32]
-    tmp = Path(tempfile.mkdtemp(prefix=".int8.partial-", dir=root))
+    tmp = Path(tempfile.mkdtemp(prefix=partial_prefix(INT8_DIR), dir=root))
     try:
         feeds = None
         if mode == "static":
@@ -93,10 +95,8 @@ def quantize_artifacts(path: str | Path, *, mode: str = "dynamic", per_channel: 
         for f in files:
             onnx.checker.check_model(str(tmp / f.file))
         final = root / INT8_DIR
-        if final.exists():
-            shutil.rmtree(final)
         tmp.chmod(0o755)                       # mkdtemp made it private; artifacts are not
-        tmp.rename(final)
+        replace_dir(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -122,6 +122,15 @@ def quantize_artifacts(path: str | Path, *, mode: str = "dynamic", per_channel: 
     write_model_card(root, manifest)
     write_manifest(root, manifest)
     return report
+
+
+def _int8_intact(root: Path) -> bool:
+    """The recorded INT8 graphs verify; a quantize killed after its rename may leave them not."""
+    try:
+        open_artifacts(root, "int8")
+    except ArtifactError:
+        return False
+    return True
 
 
 KEPT_FLOAT = ["model.onnx (the standalone entry point)", "LayerNorm", "Softmax",

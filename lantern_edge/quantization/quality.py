@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..export.atomic import write_text_atomic
 from ..runtime.artifacts import open_artifacts
 from ..runtime.controller import band_of
 from ..runtime.decode import Sequence
@@ -114,7 +115,7 @@ def decode_speed(root: Path, tokens: int, threads: int, rounds: int = 3) -> dict
 def write_quality_report(report) -> None:
     q = report.quality
     out = report.root / "int8"
-    (out / REPORT_JSON).write_text(json.dumps({"sizes": report.sizes, **q}, indent=1) + "\n")
+    write_text_atomic(out / REPORT_JSON, json.dumps({"sizes": report.sizes, **q}, indent=1) + "\n")
     total32 = sum(a for a, _ in report.sizes.values())
     total8 = sum(b for _, b in report.sizes.values())
     lines = [f"# INT8 quality report ({report.mode}{', per-channel' if report.per_channel else ''})",
@@ -123,4 +124,4 @@ def write_quality_report(report) -> None:
     lines += [f"| total | {total32} | {total8} | {total8 / total32:.2f} |", "",
               "| measure | value |", "|---|---:|"]
     lines += [f"| {k} | {v:.4g} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in q.items()]
-    (out / REPORT_MD).write_text("\n".join(lines) + "\n")
+    write_text_atomic(out / REPORT_MD, "\n".join(lines) + "\n")

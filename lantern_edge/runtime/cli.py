@@ -6,6 +6,7 @@ import argparse
 import dataclasses
 import json
 import os
+import re
 import sys
 
 from ..errors import LanternError
@@ -37,6 +38,15 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def visible(text: str) -> str:
+    """Control characters (ESC, BEL, CR, C1 ...) as \\x.. escapes: generated text is shown,
+    never executed by the terminal. Newlines and tabs pass."""
+    return _CONTROL.sub(lambda m: repr(m.group())[1:-1], text)
+
+
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
 def _colour(text: str, band: str | None, enabled: bool) -> str:
     return f"\x1b[{COLOURS[band]}m{text}\x1b[0m" if enabled and text else text
 
@@ -61,7 +71,8 @@ def main(argv: list[str] | None = None) -> int:
         trace = []
         for token in runtime.stream(args.prompt, **overrides):
             trace.append(token.trace)
-            piece = _colour(token.text, token.trace.band, colour) if args.trace else token.text
+            text = visible(token.text)
+            piece = _colour(text, token.trace.band, colour) if args.trace else text
             sys.stdout.write(piece)
             sys.stdout.flush()
         sys.stdout.write("\n")

@@ -9,11 +9,16 @@ generations (decode.py's `Sequence`, each with its own KV state and bindings) us
 
 from __future__ import annotations
 
+import os
+
 import onnxruntime as ort
 
-from ..errors import ArtifactError
 from .artifacts import Artifacts
 from .device_kv import kv_write_model
+from .sessions import create_session
+
+# More threads per session than cores never helps; thousands (6 sessions each) exhaust the OS.
+MAX_THREADS = max(64, os.cpu_count() or 1)
 
 SIGNALS = ("entropy", "p_max", "dispersion", "score")
 
@@ -24,6 +29,9 @@ def available_providers() -> list[str]:
 
 def resolve_providers(providers: list[str] | None) -> list[str]:
     available = available_providers()
+    if providers is not None and (isinstance(providers, str) or not list(providers)):
+        raise ValueError(f"providers must be a non-empty list of execution providers (available: "
+                         f"{available}), or None for the default; got {providers!r}")
     if providers is None:
         return (["CUDAExecutionProvider", "CPUExecutionProvider"]
                 if "CUDAExecutionProvider" in available else ["CPUExecutionProvider"])
@@ -60,16 +68,16 @@ class Engine:
         self.artifacts = artifacts
         self.config = cfg = artifacts.model_config
         self.providers = resolve_providers(providers)
-        if intra_op_threads is not None and intra_op_threads < 1:
-            raise ValueError(f"intra_op_threads must be an int >= 1 or None, got {intra_op_threads}")
+        if intra_op_threads is not None and not (
+                type(intra_op_threads) is int and 1 <= intra_op_threads <= MAX_THREADS):
+            raise ValueError(f"intra_op_threads must be None or an int in [1, {MAX_THREADS}] "
+                             f"(threads per session; this machine has {os.cpu_count()} cores), "
+                             f"got {intra_op_threads!r}")
         threads = intra_op_threads or 1
 
-        def session(path, n_threads=threads):
-            try:
-                return ort.InferenceSession(str(path), session_options(n_threads),
-                                            providers=self.providers)
-            except Exception as e:  # ORT raises its own Fail/InvalidGraph types
-                raise ArtifactError(f"onnxruntime cannot load {path}: {e}") from e
+        def session(path, n_threads=threads):   # from the verified bytes, never the file
+            return create_session(artifacts, path, session_options(n_threads), self.providers,
+                                  precision)
 
         self.embed = session(artifacts.graph(precision, "embed"))
         self.blocks = [session(artifacts.graph(precision, "blocks", b))

@@ -9,7 +9,6 @@ from collections.abc import Sequence as Ids
 from pathlib import Path
 
 import numpy as np
-from tokenizers import Tokenizer
 
 from ..errors import ArtifactError, TokenizerError
 from .artifacts import open_artifacts
@@ -17,6 +16,7 @@ from .controller import Controller, TraceEntry
 from .decode import Sequence
 from .engine import Engine
 from .options import GenerationOptions
+from .sessions import is_rust_panic, load_tokenizer
 from .stream import GenerationResult, StreamedToken, TokenStream
 
 __all__ = ["Runtime", "GenerationResult", "StreamedToken", "TokenStream", "TraceEntry",
@@ -68,11 +68,8 @@ class Runtime:
         self.engine = Engine(self.artifacts, precision, providers, intra_op_threads,
                              kv_on_device=kv_on_device)
         self.controller = Controller(self.config)
-        tokenizer_path = self.artifacts.root / self.artifacts.manifest["tokenizer"]
-        try:
-            self.tokenizer = Tokenizer.from_file(str(tokenizer_path))
-        except Exception as e:  # tokenizers raises plain Exception
-            raise ArtifactError(f"{tokenizer_path} is not a tokenizers file: {e}") from e
+        self.tokenizer = load_tokenizer(self.artifacts)
+        self.artifacts.blobs.clear()         # the sessions hold their own copies now
         # the model's values of GenerationOptions' None fields, by name, from the manifest
         self.model_values = {**self.config.to_dict(), **self.artifacts.controller.to_dict()}
         self.defaults = GenerationOptions().resolved(self.model_values)
@@ -112,17 +109,24 @@ class Runtime:
 
     def encode(self, prompt: str | Ids[int]) -> np.ndarray:
         """Prompt ids, BOS first when the model has one."""
+        if isinstance(prompt, (bytes, bytearray, memoryview)):
+            raise ValueError("the prompt is bytes: pass text (decode it first, e.g. "
+                            "prompt.decode('utf-8')) or a list of token ids")
         if isinstance(prompt, str):
             try:
                 ids = self.tokenizer.encode(prompt, add_special_tokens=False).ids
-            except Exception as e:
+            except BaseException as e:       # a Rust panic derives from BaseException
+                if not isinstance(e, Exception) and not is_rust_panic(e):
+                    raise
                 known = self.tokenizer.get_vocab()
                 missing = sorted({ch for ch in prompt if ch not in known})
                 raise TokenizerError(
-                    f"the prompt has characters this model's vocabulary lacks: {missing}") from e
+                    f"the prompt has characters this model's vocabulary lacks: {missing}" if missing
+                    else f"the tokenizer failed on this prompt ({e}); try a shorter or plainer "
+                         f"prompt, or pass token ids") from e
         else:
             ids = list(prompt)
-            bad = [i for i in ids if not isinstance(i, (int, np.integer))
+            bad = [i for i in ids if not isinstance(i, (int, np.integer)) or isinstance(i, bool)
                    or not 0 <= i < self.config.vocab_size]
             if bad:
                 raise ValueError(f"prompt ids must be ints in [0, vocab_size="

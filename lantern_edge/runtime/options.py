@@ -48,7 +48,7 @@ class GenerationOptions:
     ignore_eos: bool = False              # True: never stop at EOS (benchmarks, fixed lengths)
     # sampling
     do_sample: bool = False               # False: greedy (argmax)
-    temperature: float = 1.0              # > 0, used when do_sample
+    temperature: float = 1.0              # > 0, used when do_sample; below 1e-4: greedy
     top_k: int | None = None              # keep the k most likely tokens
     top_p: float | None = None            # nucleus: keep the smallest set with mass >= top_p
     seed: int | None = None               # seeds sampling and the MC-dropout masks
@@ -106,8 +106,10 @@ class GenerationOptions:
         _require(optional("mc_samples") or _is_int(self.mc_samples) and 2 <= self.mc_samples <= 64,
                  "mc_samples", self.mc_samples, "an int in [2, 64]")
         for name in ("weight_entropy", "weight_dispersion", "weight_p_max"):
-            _require(optional(name) or _is_number(getattr(self, name)), name, getattr(self, name),
-                     "a finite number")
+            # bounded: U is computed in float32, where 1e39 * entropy is inf
+            _require(optional(name) or _is_number(getattr(self, name))
+                     and abs(getattr(self, name)) <= 1e6, name, getattr(self, name),
+                     "a finite number in [-1e6, 1e6]")
         taus = ("tau_low", "tau_mid", "tau_high")
         for name in taus:                                 # +-inf switches a band off or on
             _require(optional(name) or _is_number(getattr(self, name), finite=False), name,

@@ -5,6 +5,11 @@ from __future__ import annotations
 import numpy as np
 
 
+# Below this a temperature means greedy: logits / 1e-45 overflow float32 to inf, and inf - inf
+# is NaN; the limit of sampling as the temperature falls is the argmax anyway.
+MIN_TEMPERATURE = 1e-4
+
+
 def softmax(logits: np.ndarray) -> np.ndarray:
     z = logits - logits.max(axis=-1, keepdims=True)
     e = np.exp(z)
@@ -44,6 +49,7 @@ def filter_logits(logits: np.ndarray, top_k: int | None, top_p: float | None) ->
         order = np.argsort(-out)
         probs = softmax(out[order])
         keep = np.cumsum(probs) - probs < top_p      # mass before this token is still short
+        keep[0] = True                               # rounding must not drop the top token
         out[order[~keep]] = -np.inf
     return out
 
@@ -53,8 +59,9 @@ def choose(logits: np.ndarray, do_sample: bool, temperature: float, top_k: int |
     """A token id from logits [V]: argmax, or a seeded draw after temperature, top-k, top-p.
 
     suppress: an id never chosen (the THINK token, which only the controller may inject).
+    A temperature below MIN_TEMPERATURE decodes greedily.
     """
-    if not do_sample:
+    if not do_sample or temperature < MIN_TEMPERATURE:
         token = int(np.argmax(logits))
         if token != suppress:
             return token
