@@ -145,3 +145,28 @@ def test_decode_paths_continue_inject_and_probe_like_the_plain_path(depth_artifa
     np.testing.assert_allclose(fast.kv.keys, plain.kv.keys, rtol=0, atol=1e-5)
     assert np.array_equal(fast.kv.slot_pos, plain.kv.slot_pos)
     assert fast.kv.global_count == plain.kv.global_count == 3
+
+
+def test_depth_fields_may_be_absent_and_a_missing_inject_graph_is_named(
+        depth_artifacts, tmp_path):
+    import json
+    import shutil
+    from lantern_edge import ArtifactError
+    from lantern_edge.runtime.artifacts import open_artifacts
+    model, root = depth_artifacts
+    copy = shutil.copytree(root, tmp_path / "art")
+    manifest = json.loads((copy / "lantern.json").read_text())
+    if model.config.input_injection:
+        del manifest["graphs"]["fp32"]["inject"]
+        (copy / "lantern.json").write_text(json.dumps(manifest))
+        with pytest.raises(ArtifactError, match="input_injection=True but the inject graph is "
+                                                "missing"):
+            open_artifacts(copy)
+        return
+    # fields older manifests lack take their defaults: the field checks pass, and the check of
+    # the model.onnx copy (which has them) is what notices this edit
+    for key in ("recursion_order", "input_injection"):
+        manifest["model_config"].pop(key)
+    (copy / "lantern.json").write_text(json.dumps(manifest))
+    with pytest.raises(ArtifactError, match="model_config differs from the copy in model.onnx"):
+        open_artifacts(copy)
