@@ -6,8 +6,9 @@ Without ARTIFACTS_DIR it exports a random-weight model of the shipped default's 
 "small" training preset: hidden 256, 4 heads, SwiGLU 768, 2 blocks, window 128, vocab 4096)
 into a temporary directory first. Times are medians over --calls calls at decode shapes (T = 1;
 the MC step at S = controller.mc_samples; model.onnx at T = 16), one session per graph,
-intra-op spinning off as in the runtime unless --spinning. Block steps are timed both with `session.run(None, feeds)` and with IO binding to
-persistent NumPy buffers (how the runtime calls them).
+intra-op spinning off as in the runtime unless --spinning. Block steps are timed both with
+`session.run(None, feeds)` and with IO binding to persistent NumPy buffers (how the runtime
+calls them).
 """
 
 from __future__ import annotations
@@ -126,7 +127,7 @@ def bench_graphs(root: Path, threads: list[int], calls: int) -> list[dict]:
         row = {"graph": file, "nodes": nodes, "ort_nodes": ort_nodes}
         for n in threads:
             session = make_session(root / file, threads=n)
-            row[f"run_t{n}"] = median_us(lambda: session.run(None, feeds), calls)
+            row[f"run_t{n}"] = median_us(lambda s=session, f=feeds: s.run(None, f), calls)
             if role == "block":
                 call, _buffers = bound_call(session, feeds)
                 row[f"bound_t{n}"] = median_us(call, calls)
@@ -159,7 +160,7 @@ def bench_offline(root: Path, file: str, role: str, calls: int) -> list[dict]:
                          "load_ms": (time.perf_counter() - start) * 1e3,
                          "weights_mb": (Path(tmp) / f"{level}.bin").stat().st_size / 1e6,
                          "nodes": len(onnx.load(str(saved), load_external_data=False).graph.node),
-                         "call_us": median_us(lambda: session.run(None, feeds), calls)})
+                         "call_us": median_us(lambda s=session: s.run(None, feeds), calls)})
         rows.append(_transformers_fusion(root / file, manifest, feeds, Path(tmp), calls))
     return rows
 
@@ -208,7 +209,7 @@ def default_artifacts(tmp: Path) -> Path:
 
 def print_tables(rows: list[dict], offline: list[dict], threads: list[int], root: Path) -> None:
     sizes = {p.name: p.stat().st_size for p in root.iterdir() if p.is_file()}
-    print(f"| graph | nodes (ORT-optimised) | " +
+    print("| graph | nodes (ORT-optimised) | " +
           " | ".join(f"run t{n} µs | bound t{n} µs" for n in threads) + " |")
     print("|---" * (2 + 2 * len(threads)) + "|")
     for r in rows:

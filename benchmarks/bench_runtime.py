@@ -79,7 +79,7 @@ def measure(runtime: Runtime, prompt: list[int], tokens: int, repeats: int,
             modes: dict[str, dict]) -> dict[str, dict]:
     best: dict[str, dict] = {}
     common = dict(max_new_tokens=tokens, ignore_eos=True, seed=0)
-    for name, overrides in modes.items():                       # warm-up
+    for overrides in modes.values():                             # warm-up
         runtime.generate(prompt, **{**common, **overrides, "max_new_tokens": 8})
     for _ in range(repeats):
         for name, overrides in modes.items():

@@ -9,6 +9,9 @@ from __future__ import annotations
 import importlib
 import sys
 
+from .extras import missing_message
+from .version import __version__
+
 # command -> (module with main(argv) -> int, one-line help)
 COMMANDS = {
     "train": ("lantern_edge.model.train_cli", "train a tokenizer and a LANTERN model on a corpus"),
@@ -19,7 +22,7 @@ COMMANDS = {
     "bench": ("lantern_edge.benchmark.cli", "decode speed, latency and memory vs PyTorch"),
 }
 
-USAGE = "usage: lantern-edge COMMAND [options]\n\ncommands:\n" + "".join(
+USAGE = "usage: lantern-edge [--version] COMMAND [options]\n\ncommands:\n" + "".join(
     f"  {name:<10} {help_}\n" for name, (_, help_) in COMMANDS.items()) + \
     "\nRun `lantern-edge COMMAND --help` for a command's options."
 
@@ -29,20 +32,21 @@ def main(argv: list[str] | None = None) -> int:
     if not argv or argv[0] in ("-h", "--help"):
         print(USAGE)
         return 0 if argv else 2
+    if argv[0] in ("-V", "--version"):
+        print(f"lantern-edge {__version__}")
+        return 0
     name, rest = argv[0], argv[1:]
     if name not in COMMANDS:
         print(f"lantern-edge: unknown command {name!r}\n\n{USAGE}", file=sys.stderr)
         return 2
-    module_name = COMMANDS[name][0]
     try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as e:
-        if e.name in ("torch", "onnx", "onnxscript", "tqdm"):
-            print(f"lantern-edge {name} needs {e.name}: pip install torch==2.13.0 "
-                  f"\"lantern-edge[export]\"", file=sys.stderr)
-            return 2
-        raise
-    return module.main(rest)
+        return importlib.import_module(COMMANDS[name][0]).main(rest)
+    except ModuleNotFoundError as e:      # an optional dependency, imported where it is used
+        message = missing_message(f"lantern-edge {name}", e, name)
+        if message is None:
+            raise
+        print(message, file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

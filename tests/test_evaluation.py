@@ -149,7 +149,8 @@ def test_choose_deep_strategies():
     rng = np.random.default_rng(0)
     chosen, threshold = compute.choose_deep("composite", 0.5, columns, helped, rng)
     assert chosen.tolist() == [False, True, False, True] and threshold == 0.7
-    assert compute.choose_deep("entropy", 0.25, columns, helped, rng)[0].tolist() == [True, False, False, False]
+    chosen = compute.choose_deep("entropy", 0.25, columns, helped, rng)[0]
+    assert chosen.tolist() == [True, False, False, False]
     assert compute.choose_deep("oracle", 0.75, columns, helped, rng)[0].tolist() == helped.tolist()
     assert compute.choose_deep("random", 0.5, columns, helped, rng)[0].sum() == 2
     assert compute.default_fractions(2, 4, 4.0) == [0.02, 0.05, 0.1, 0.2, 0.25, 0.5]
@@ -277,7 +278,8 @@ def test_retrieval_examples_place_the_value(tiny_checkpoint):
         definition = ids[row, index + 1 - int(distance[row])]
         assert torch.equal(use, definition)                   # the same value, `distance` back
         assert tokenizer.decode(use.tolist()) in VALUE_WORDS
-        closing = tokenizer.decode(ids[row, index[-1] + 2 - int(distance[row]):definition_end[row] + 1].tolist())
+        start = index[-1] + 2 - int(distance[row])
+        closing = tokenizer.decode(ids[row, start:definition_end[row] + 1].tolist())
         assert closing == '"\n'                              # the definition ends at definition_end
         assert torch.equal(control[0][row, index + 1], use)   # same key and value in the control
         assert not torch.equal(control[0][row, index + 1 - int(distance[row])], definition)

@@ -175,7 +175,7 @@ def test_weights_are_stored_once(random_artifacts, random_model):
 
 
 def test_block_graph_is_trimmed(random_artifacts):
-    """The decode-time cost is mostly per node (PERF_NOTES.md): keep the step graph small."""
+    """The decode-time cost is mostly per node (~0.5 us each): keep the step graph small."""
     # 42 on the default shape: 37 for the block proper + 5 that compute RoPE from positions
     assert ort_node_count(random_artifacts / "block0.onnx") <= 42
     assert ort_node_count(random_artifacts / "mc_step.onnx") <= 43
@@ -290,14 +290,6 @@ def test_upstream_checkpoint_without_vocabulary_is_refused(tmp_path, upstream_di
 def test_unsupported_opset_is_refused(tmp_path, random_checkpoint, capsys, opset):
     assert export_main([str(random_checkpoint), "-o", str(tmp_path / "o"), "--opset", opset]) == 2
     assert "--opset must be in [17, " in capsys.readouterr().err
-    assert list(tmp_path.iterdir()) == []
-
-
-def test_int8_without_the_quantization_step_says_so(tmp_path, random_checkpoint, monkeypatch,
-                                                     capsys):
-    monkeypatch.setitem(sys.modules, "lantern_edge.quantization.api", None)
-    assert export_main([str(random_checkpoint), "-o", str(tmp_path / "o"), "--int8"]) == 2
-    assert "--int8 is not available" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
 
 

@@ -84,6 +84,24 @@ def test_static_mode_calibrates_on_text(tmp_path, tiny_artifacts):
     assert len(runtime.generate("def f", max_new_tokens=8, adaptive=False).token_ids) == 8
 
 
+def test_static_calibration_sees_a_full_window_of_past_keys_and_is_deterministic(tmp_path,
+                                                                                  tiny_artifacts):
+    from lantern_edge.quantization.calibration import collect_feeds
+    artifacts = open_artifacts(tiny_artifacts, "fp32")
+    text = "def add(a, b):\n    return a + b\n\n" * 200
+    feeds = collect_feeds(artifacts, [text])
+    window = artifacts.model_config.window_size
+    # a prefill chunk past the first window runs with the ring of stored keys full
+    assert max(int(f["positions"][0]) for f in feeds["block0.onnx"]) >= window
+    roots = [shutil.copytree(tiny_artifacts, tmp_path / name) for name in ("a", "b")]
+    calibration = tmp_path / "calib.txt"
+    calibration.write_text(text)
+    for root in roots:
+        quantize_artifacts(root, mode="static", calibration=[str(calibration)], evaluate=False)
+    for path in sorted((roots[0] / "int8").iterdir()):
+        assert path.read_bytes() == (roots[1] / "int8" / path.name).read_bytes(), path.name
+
+
 def test_weight_only_int8_keeps_float_activations_and_rounds_each_column():
     import onnx
     import onnxruntime as ort

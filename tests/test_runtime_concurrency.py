@@ -42,7 +42,7 @@ def test_eight_threads_give_exactly_what_sequential_runs_give(tiny):
         results: list = [None] * len(jobs)
         start = threading.Barrier(len(jobs))
 
-        def work(i):
+        def work(i, start=start, results=results):
             start.wait()
             results[i] = _exact(tiny.generate(jobs[i][0], **jobs[i][1]))
 

@@ -5,7 +5,8 @@ import json
 import pytest
 
 from lantern_edge.model.corpus import load_corpus
-from lantern_edge.model.tokenizer import SPECIAL_TOKENS, char_tokenizer, special_token_ids, train_bpe_tokenizer
+from lantern_edge.model.tokenizer import (SPECIAL_TOKENS, char_tokenizer, special_token_ids,
+                                          train_bpe_tokenizer)
 
 
 @pytest.fixture(scope="module")

@@ -12,13 +12,14 @@ from pathlib import Path
 
 from ..errors import ArtifactError, LanternError
 from .suite import NAMES, BenchSettings
+from ..cli_help import HelpFormatter
 
 DEFAULT = "default"
 
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="lantern-edge bench", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        prog="lantern-edge bench", formatter_class=HelpFormatter,
         description="Benchmark an artifacts directory: decode tokens/s and per-token latency "
                     "(PyTorch full recompute, PyTorch with KV state, ONNX fp32/INT8 with the "
                     "adaptive controller off and on), time to first token, peak RSS, controller "

@@ -16,6 +16,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from ..extras import install_hint
 from .timing import interpolate_tail, latency_summary, sample_lengths
 
 logger = logging.getLogger(__name__)
@@ -27,7 +28,7 @@ def _import_torch():
         import torch
     except ModuleNotFoundError as e:
         raise ModuleNotFoundError("the PyTorch rows of `lantern-edge bench` need PyTorch: "
-                                  "pip install torch==2.13.0 \"lantern-edge[export]\"") from e
+                                  f"{install_hint('torch')}", name=e.name) from e
     return torch
 
 

@@ -225,7 +225,8 @@ def render(results: dict) -> str:
             f"5; cycle order: steps_reasoning; docs/DEPTH.md).", ""]
     out += cost_table(results, notes)
     out += ["", "Bounds per token: the mean µs per token of the cheapest and the costliest band "
-            "(DESIGN.md: cost is bounded below by the cheap branch and above by the worst). The "
+            "(the controller's cost per token is bounded below by the cheap band and above by the "
+            "costliest). The "
             "fixed path computes no uncertainty signals, so it can sit below the lower bound; "
             "the adaptive run (the manifest's thresholds) mixes the bands.", ""]
     out += bounds_table(results)

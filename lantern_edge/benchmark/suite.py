@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ..errors import ArtifactError, CheckpointError
+from ..extras import install_hint
 from ..runtime.artifacts import open_artifacts, sha256_of
 from ..version import __version__
 from . import analysis
@@ -24,7 +25,7 @@ from .worker import WorkerError, run_in_subprocess
 
 logger = logging.getLogger(__name__)
 SCHEMA = "lantern-edge-bench/1"
-TORCH_FIX = 'pip install torch==2.13.0 "lantern-edge[export]"'
+TORCH_FIX = install_hint("torch")
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""`lantern-edge eval`: is the uncertainty signal a good compute controller? (issue 7)
+"""`lantern-edge eval`: is the uncertainty signal a good compute controller?
 
 Teacher-forced measurements of the PyTorch reference on held-out text: how well each signal
 predicts errors and the effect of extra compute, accuracy against compute for adaptive, fixed,

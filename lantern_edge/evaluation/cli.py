@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import LanternError
+from ..cli_help import HelpFormatter
 
 PROG = "lantern-edge eval"
 FORMAT, FORMAT_VERSION = "lantern-edge-eval", 1
@@ -42,7 +43,7 @@ METHOD = (
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog=PROG, formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        prog=PROG, formatter_class=HelpFormatter,
         description="Measure whether the uncertainty signals are a good compute controller: "
                     "AUROC and calibration, accuracy vs compute against fixed depth, random "
                     "and oracle allocation, THINK utility, sliding-window retrieval.",
@@ -53,8 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-o", "--output", default="eval_results", metavar="DIR",
                         help="where eval.json, EVAL.md and the PNGs go")
     parser.add_argument("--figure", choices=sorted(FIGURES), default=None,
-                        help="compute and draw only this figure (its section of eval.json and "
-                             "EVAL.md is updated)")
+                        help="compute and draw only this figure; its section of eval.json and "
+                             "EVAL.md is updated (default: all figures)")
     parser.add_argument("--tokens", type=int, default=4096,
                         help="held-out tokens to predict (rounded up to whole windows)")
     parser.add_argument("--seq-len", type=int, default=None,
@@ -68,7 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--retrieval-examples", type=int, default=24,
                         help="retrieval examples per distance and condition")
     parser.add_argument("--corpus", nargs="+", default=None, metavar="DIR|FILE",
-                        help="held-out source instead of the checkpoint's own corpus")
+                        help="held-out source (default: the checkpoint's own validation split)")
     parser.add_argument("--seed", type=int, default=0,
                         help="seed of dropout masks, random allocation, bootstrap, retrieval")
     parser.add_argument("--threads", type=int, default=1,

@@ -87,7 +87,8 @@ def compute(section: dict, path: Path) -> Path:
     by_strategy: dict[str, list] = {}
     for point in section["points"]:
         by_strategy.setdefault(point["strategy"], []).append(point)
-    for ax, metric, label in ((axes[0], "accuracy", "top-1 accuracy"), (axes[1], "loss", "loss (nats/token)")):
+    for ax, metric, label in ((axes[0], "accuracy", "top-1 accuracy"),
+                              (axes[1], "loss", "loss (nats/token)")):
         for strategy, points in by_strategy.items():
             points = sorted(points, key=lambda p: p["cost"])
             xs, ys = [p["cost"] for p in points], [p[metric] for p in points]

@@ -24,8 +24,9 @@ from .builder import MIN_OPSET
 from .errors import ExportError, ParityError
 from .manifest import (METADATA_KEY, TOKENIZER_FILE, build_manifest, metadata_json, sha256_of,
                        write_manifest)
+from .graphs import build_graphs
 from .model_card import write_model_card
-from .onnx_export import build_graphs, check_graphs, ort_node_count, set_metadata, write_graphs
+from .onnx_export import check_graphs, ort_node_count, set_metadata, write_graphs
 from .parity import check_parity, parity_failures
 
 logger = logging.getLogger(__name__)

@@ -1,7 +1,7 @@
 """A small ONNX graph builder: nodes, initializers and opset-aware helpers (torch-free).
 
 The exported graphs are written node by node rather than traced, so each one holds exactly the
-nodes it needs (every node costs ~0.5 us per call at decode, PERF_NOTES.md) and the same code
+nodes it needs (every node costs ~0.5 us per call at decode, whatever its size) and the same code
 emits valid graphs at opset 17 and 18 (Reduce* axes and Split sizes moved between attributes
 and inputs there).
 """

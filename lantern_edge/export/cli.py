@@ -12,6 +12,8 @@ import logging
 import sys
 import traceback
 from pathlib import Path
+from ..cli_help import HelpFormatter
+from ..extras import missing_message
 
 DEFAULT_ROOT = Path("artifacts")
 
@@ -19,7 +21,7 @@ DEFAULT_ROOT = Path("artifacts")
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="lantern-export",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
         description="Export a LANTERN checkpoint (lantern-edge's own or upstream LANTERN's) to a "
                     "verified directory of ONNX graphs for the lantern-edge runtime.")
     p.add_argument("checkpoint", help="checkpoint file to export")
@@ -71,19 +73,14 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.output) if args.output else DEFAULT_ROOT / Path(args.checkpoint).stem
     try:
         from ..errors import LanternError
+        from ..quantization.api import main_summary, quantize_artifacts
         from .api import ParityError, export_checkpoint
     except ModuleNotFoundError as e:
-        print(f"lantern-export: needs {e.name}: pip install torch==2.13.0 "
-              f"\"lantern-edge[export]\"", file=sys.stderr)
+        message = missing_message("lantern-export", e)
+        if message is None:
+            raise
+        print(message, file=sys.stderr)
         return 2
-    if args.int8:
-        try:   # the quantization step (issue 5)
-            from ..quantization.api import main_summary, quantize_artifacts
-        except ImportError:
-            print("lantern-export: --int8 is not available: the quantization step "
-                  "(lantern_edge.quantization) is not installed in this version; export without "
-                  "--int8", file=sys.stderr)
-            return 2
     try:
         report = export_checkpoint(args.checkpoint, out, opset=args.opset, force=args.force,
                                    vocab=args.vocab, progress=lambda m: print(f"  {m}", flush=True))

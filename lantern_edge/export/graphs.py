@@ -1,7 +1,8 @@
 """The ONNX graphs of an artifacts directory (docs/ARTIFACTS.md), built from a LanternModel.
 
 Each graph restates the reference computation (lantern_edge.model.modeling) with its weights
-rearranged for few nodes per call (PERF_NOTES.md); tests hold every graph to the reference.
+rearranged for few nodes per call (at decode each node costs ~0.5 us whatever its size); tests
+hold every graph to the reference.
 - Block step: one MatMul produces q, k, v (1/sqrt(head_dim) folded into the q rows); RoPE is
   q,k * cos + (q,k @ R) * sin with R RoPE's (D, D) signed permutation and cos/sin rows gathered
   by `positions` from in-graph tables (measured: cheaper per call, and 2C^2 fewer weights per
@@ -363,3 +364,22 @@ def _depth_probe(g: GraphBuilder, model: LanternModel, table: str, total: str, t
     inner = g.op("Relu", g.op("Add", g.op("MatMul", features, w1), b1))
     g.op("Sigmoid", g.op("Add", g.op("MatMul", inner, w2), b2), outputs=["p_benefit"])
     g.output("p_benefit", "float32", ["rows"])
+
+
+def build_graphs(model: LanternModel, top_k: int,
+                 opset: int) -> list[tuple[str, str, onnx.ModelProto]]:
+    """(role, file name, graph) for every graph of docs/ARTIFACTS.md, in manifest order."""
+    cfg = model.config
+    out = [("model", "model.onnx", full_forward_graph(model, opset)),
+           ("embed", "embed.onnx", embed_graph(model, opset))]
+    out += [("block", f"block{b}.onnx", block_step_graph(model, b, opset))
+            for b in range(cfg.num_blocks)]
+    out += [("mc_step", "mc_step.onnx",
+             block_step_graph(model, cfg.num_blocks - 1, opset, mc=True)),
+            ("lm_head", "lm_head.onnx", lm_head_graph(model, opset)),
+            ("uncertainty", "uncertainty.onnx",
+             uncertainty_graph(model.token_embedding.weight, min(top_k, cfg.vocab_size), opset,
+                               model if cfg.has_depth_probe else None))]
+    if cfg.input_injection:
+        out.append(("inject", "inject.onnx", inject_graph(model, opset)))
+    return out

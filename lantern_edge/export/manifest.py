@@ -8,9 +8,8 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ..model.checkpoint import Checkpoint
 from ..runtime.artifacts import MANIFEST, sha256_of  # noqa: F401  (re-exported)
 from ..version import MANIFEST_FORMAT_VERSION, __version__
 from .atomic import write_text_atomic
@@ -19,6 +18,9 @@ from .onnx_export import WEIGHTS_FILE, GraphFile
 MANIFEST_FILE = MANIFEST
 TOKENIZER_FILE = "tokenizer.json"
 METADATA_KEY = "lantern_manifest"          # model.onnx metadata_props key
+
+if TYPE_CHECKING:       # the quantizer rewrites manifests without torch; only export has one
+    from ..model.checkpoint import Checkpoint
 
 
 def graph_section(files: list[GraphFile], external_data: list[str]) -> dict[str, Any]:

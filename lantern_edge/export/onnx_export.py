@@ -3,6 +3,7 @@
 Every initializer of at least 1 KiB goes into one shared `weights.bin`, deduplicated by
 content, so the tied embedding and each block's weights are on disk once however many graphs
 use them (ONNX Runtime resolves external data relative to each model's path).
+Needs onnx and onnxruntime only, never torch: the quantizer writes its INT8 graphs with it.
 """
 
 from __future__ import annotations
@@ -15,9 +16,6 @@ from pathlib import Path
 import onnx
 import onnxruntime as ort
 from onnx import TensorProto
-
-from ..model.modeling import LanternModel
-from . import graphs
 
 WEIGHTS_FILE = "weights.bin"
 MIN_EXTERNAL_BYTES = 1024
@@ -32,25 +30,6 @@ class GraphFile:
     inputs: list[dict]
     outputs: list[dict]
     nodes: int                # nodes as exported
-
-
-def build_graphs(model: LanternModel, top_k: int,
-                 opset: int) -> list[tuple[str, str, onnx.ModelProto]]:
-    """(role, file name, graph) for every graph of docs/ARTIFACTS.md, in manifest order."""
-    cfg = model.config
-    out = [("model", "model.onnx", graphs.full_forward_graph(model, opset)),
-           ("embed", "embed.onnx", graphs.embed_graph(model, opset))]
-    out += [("block", f"block{b}.onnx", graphs.block_step_graph(model, b, opset))
-            for b in range(cfg.num_blocks)]
-    out += [("mc_step", "mc_step.onnx",
-             graphs.block_step_graph(model, cfg.num_blocks - 1, opset, mc=True)),
-            ("lm_head", "lm_head.onnx", graphs.lm_head_graph(model, opset)),
-            ("uncertainty", "uncertainty.onnx",
-             graphs.uncertainty_graph(model.token_embedding.weight, min(top_k, cfg.vocab_size),
-                                      opset, model if cfg.has_depth_probe else None))]
-    if cfg.input_injection:
-        out.append(("inject", "inject.onnx", graphs.inject_graph(model, opset)))
-    return out
 
 
 def write_graphs(built: list[tuple[str, str, onnx.ModelProto]], out_dir: Path,

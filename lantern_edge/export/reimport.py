@@ -67,7 +67,7 @@ def _state_dict(w: dict[str, np.ndarray], cfg) -> dict[str, torch.Tensor]:
              "position_embedding.weight": w["position_embedding"],
              "final_norm.weight": w["final_norm.weight"], "final_norm.bias": w["final_norm.bias"]}
     for b in range(cfg.num_blocks):
-        get = lambda name: w[f"block{b}.{name}"]        # noqa: E731
+        get = lambda name, b=b: w[f"block{b}.{name}"]   # noqa: E731
         prefix = f"blocks.{b}."
         qkv, qkv_bias = get("qkv_weight").T, get("qkv_bias")                 # (3C, C), (3C,)
         for i, proj in enumerate(("q_proj", "k_proj", "v_proj")):

@@ -135,7 +135,8 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class ControllerConfig:
-    """Defaults of the adaptive controller: U = a*H + b*dispersion - c*p_max (DESIGN.md)."""
+    """Defaults of the adaptive controller: U = a*H + b*dispersion - c*p_max, with a, b, c the
+    weight_entropy, weight_dispersion and weight_p_max below."""
 
     weight_entropy: float = 1.0           # a, on entropy in nats
     weight_dispersion: float = 0.5        # b, on the top-k embedding dispersion

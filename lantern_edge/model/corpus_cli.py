@@ -12,6 +12,7 @@ import os
 import sys
 from pathlib import Path
 
+from ..cli_help import HelpFormatter
 from .closure import DEFAULT_CLOSURE
 from .corpus import OFFLINE_CORPORA, load_corpus, write_corpus
 from .train_cli import UsageError, _Parser
@@ -20,16 +21,16 @@ from .train_cli import UsageError, _Parser
 SHIPPED_TOKENIZER = Path(__file__).resolve().parents[1] / "default_model" / "tokenizer.json"
 
 
-def main(argv: list[str] | None = None) -> int:
-    """`lantern-edge corpus`: build the corpus, print its size per source, optionally write it."""
+def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="lantern-edge corpus",
         description="Assemble the training corpus (default: this Python's standard library, "
                     "without tests, vendored and generated code), deduplicate it, split it by "
                     "file and print its size per source.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=HelpFormatter)
     parser.add_argument("--source", nargs="+", default=None, metavar="DIR|FILE",
-                        help="a directory or text files instead of an offline corpus")
+                        help="a directory or text files instead of an offline corpus (default: "
+                             "the offline corpus)")
     parser.add_argument("--offline-corpus", choices=OFFLINE_CORPORA, default="stdlib",
                         help="stdlib, or closure: the stdlib plus the installed packages in the "
                              "dependency closure of --closure-of")
@@ -38,13 +39,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--val-fraction", type=float, default=0.05,
                         help="share of files (by path hash) held out for validation")
     parser.add_argument("--max-chars", type=int, default=None,
-                        help="cap on characters per split (a deterministic sample of files)")
+                        help="cap on characters per split, a deterministic sample of files "
+                             "(default: no cap)")
     parser.add_argument("--tokenizer", default=str(SHIPPED_TOKENIZER), metavar="TOKENIZER_JSON",
                         help="tokenizer the token counts are measured with")
     parser.add_argument("-o", "--output", default=None, metavar="OUT_DIR",
-                        help="write train.txt, val.txt and corpus.json (the manifest) here")
+                        help="write train.txt, val.txt and corpus.json (the manifest) here "
+                             "(default: print the sizes only)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`lantern-edge corpus`: build the corpus, print its size per source, optionally write it."""
     try:
-        args = parser.parse_args(argv)
+        args = build_parser().parse_args(argv)
     except UsageError as e:
         print(f"lantern-edge corpus: {e} (see lantern-edge corpus --help)", file=sys.stderr)
         return 2

@@ -43,7 +43,7 @@ FIELD_HELP = {
     "halting_weight": "weight of the halting-head loss",
     "eval_interval": "steps between validation runs and checkpoints",
     "eval_batches": "fixed validation batches per depth",
-    "threads": "torch CPU threads while training (default: torch's choice)",
+    "threads": "torch CPU threads while training (default: torch's choice; tiny preset: 1)",
 }
 CHOICES = {"dtype": ("fp32", "bf16"), "device": ("auto", "cpu", "cuda"),
            "offline_corpus": OFFLINE_CORPORA, "recursion_order": ("sequence", "cycle")}
@@ -73,7 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-o", "--output", metavar="CHECKPOINT",
                         help="checkpoint path (default: checkpoint.pt)")
     parser.add_argument("--resume", metavar="CHECKPOINT",
-                        help="continue a run from its checkpoint (optimizer, schedule, RNG)")
+                        help="continue a run from its checkpoint: optimizer, schedule, RNG "
+                             "(default: a new run)")
     for field in dataclasses.fields(TrainConfig):
         if field.name in ("output", "corpus"):
             continue
@@ -81,10 +82,22 @@ def build_parser() -> argparse.ArgumentParser:
         parser.add_argument("--" + field.name.replace("_", "-"), dest=field.name, type=kind,
                             choices=CHOICES.get(field.name),
                             metavar=None if field.name in CHOICES else field.name.upper(),
-                            help=FIELD_HELP.get(field.name, field.name.replace("_", " ")))
+                            help=_field_help(field, PRESETS))
     parser.add_argument("-q", "--quiet", action="store_true",
                         help="no progress bar; warnings only")
     return parser
+
+
+def _field_help(field: dataclasses.Field, presets: dict) -> str:
+    """The field's help and its default per preset (the flags' own default is "not typed")."""
+    if "(default" in FIELD_HELP.get(field.name, ""):
+        return FIELD_HELP[field.name]
+    text = FIELD_HELP.get(field.name, field.name.replace("_", " "))
+    small, tiny = (presets[p].get(field.name, field.default) for p in ("small", "tiny"))
+    show = lambda v: "none" if v is None else v  # noqa: E731
+    if small == tiny:
+        return f"{text} (default: {show(small)})"
+    return f"{text} (default: {show(small)}; tiny preset: {show(tiny)})"
 
 
 def _arg_type(annotation: str):

@@ -185,7 +185,8 @@ def _quantize_graph(src: Path, per_channel: bool, feeds) -> onnx.ModelProto:
     with tempfile.TemporaryDirectory() as work:
         full, pre, out = (Path(work) / n for n in ("full.onnx", "pre.onnx", "int8.onnx"))
         onnx.save(onnx.load(str(src)), str(full))          # weights inline for the quantizer
-        # Folds Transpose(weight) patterns so every weight MatMul is seen (PERF_NOTES.md).
+        # Folds Transpose(weight) patterns, so the quantizer sees every MatMul with a constant
+        # weight (without it, MatMuls reading a transposed weight stayed float).
         quant_pre_process(str(full), str(pre), skip_symbolic_shape=True)
         excluded = [n.name for n in matmuls_reading(onnx.load(str(pre)), FLOAT + WEIGHT_ONLY)]
         if feeds is None:

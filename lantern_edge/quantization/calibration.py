@@ -1,7 +1,12 @@
 """Static quantization's calibration: real graph inputs recorded while the fp32 graphs run text.
 
-The runtime's own engine prefills held-out sequences; every session call's inputs are copied,
-per graph file, so each graph is calibrated on exactly the activations it sees in use.
+The runtime's own engine prefills calibration sequences; every session call's inputs are
+copied, per graph file, so each graph is calibrated on exactly the activations it sees in use.
+The sequences span at least two windows: prefill runs in window-sized chunks, and only chunks
+after the first attend to a full ring of stored keys, as every token of a long generation does.
+Calibrated on one window only (first chunk, empty past), the default model's static INT8 lost
+5 points of top-1 agreement (89.5% vs 94.7%) and its perplexity rose 7.4% instead of 0.4%.
+Everything here is deterministic: same artifacts and text, byte-identical INT8 graphs.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from ..runtime.decode import Sequence
 from ..runtime.engine import Engine
 
 MAX_SEQUENCES = 8
+CALIBRATION_LENGTH = 256          # tokens per sequence, BOS included (at least two windows)
 
 
 def collect_feeds(artifacts: Artifacts, texts: list[str]) -> dict[str, list[dict]]:
@@ -35,17 +41,17 @@ def collect_feeds(artifacts: Artifacts, texts: list[str]) -> dict[str, list[dict
 
     seq.run = recording
     runtime = Runtime(artifacts.root)
-    length = min(128, artifacts.model_config.max_position - 1)
+    cfg = artifacts.model_config
+    length = min(max(CALIBRATION_LENGTH, 2 * cfg.window_size), cfg.max_position - 1)
     sequences = heldout_sequences(runtime, texts, MAX_SEQUENCES, length)
     if not sequences:
         from .api import QuantizationError
         raise QuantizationError("the calibration text could not be tokenized into any sequence")
     for ids in sequences:
         seq.reset()
-        step = seq.feed(ids, artifacts.model_config.steps_base)
+        step = seq.feed(ids, cfg.steps_base)
         seq.signals(step.logits, np.array([1.0, 0.5, 0.5], np.float32))
-    last = f"block{artifacts.model_config.num_blocks - 1}.onnx"
-    cfg = artifacts.model_config
+    last = f"block{cfg.num_blocks - 1}.onnx"
     for f in feeds[last]:
         tokens, keys = f["attn_bias"].shape
         ones = lambda *s: np.ones(s, np.float32)  # noqa: E731

@@ -5,19 +5,28 @@ from __future__ import annotations
 import argparse
 import sys
 
+from ..cli_help import HelpFormatter
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="lantern-edge quantize",
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="lantern-edge quantize", formatter_class=HelpFormatter,
                                 description="Write INT8 graphs beside an artifacts directory's "
                                             "fp32 ones and print a quality report.")
     p.add_argument("artifacts", help="artifacts directory (holding lantern.json)")
-    p.add_argument("--mode", choices=("dynamic", "static"), default="dynamic")
+    p.add_argument("--mode", choices=("dynamic", "static"), default="dynamic",
+                   help="dynamic: int8 weights, activations quantized per call; static: QDQ "
+                        "with activation ranges calibrated on text")
     p.add_argument("--per-channel", action="store_true", help="per-channel weight scales")
     p.add_argument("--calibration", nargs="+", default=None,
-                   help="text files for static calibration (default: the stdlib train split)")
+                   help="text files for static calibration (default: the local Python standard "
+                        "library's train split)")
     p.add_argument("--force", action="store_true", help="redo existing INT8 graphs")
     p.add_argument("--no-eval", action="store_true", help="skip the quality report")
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     from ..errors import LanternError
     from .api import main_summary, quantize_artifacts
     try:

@@ -9,6 +9,7 @@ import os
 import re
 import sys
 
+from ..cli_help import HelpFormatter
 from ..errors import LanternError
 
 # ANSI colours per band; plain text when stdout is not a terminal or NO_COLOR is set.
@@ -16,22 +17,31 @@ COLOURS = {"confident": "32", "moderate": "36", "high": "33", "very_high": "35",
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="lantern-edge generate",
+    p = argparse.ArgumentParser(prog="lantern-edge generate", formatter_class=HelpFormatter,
                                 description="Generate text with a LANTERN artifacts directory.")
-    p.add_argument("prompt")
+    p.add_argument("prompt", help="the text to complete; - reads it from stdin")
     p.add_argument("--model", default=None,
                    help="artifacts directory or its model.onnx (default: the shipped model)")
-    p.add_argument("--max-new-tokens", type=int, default=64)
-    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--max-new-tokens", type=int, default=64, help="most tokens to generate")
+    p.add_argument("--seed", type=int, default=None,
+                   help="seed of sampling and MC-dropout masks (default: a fresh random seed)")
     p.add_argument("--stop", action="append", default=None, metavar="TEXT",
-                   help="stop once the new text contains TEXT (repeatable)")
+                   help="stop once the new text contains TEXT; repeatable (default: none)")
     p.add_argument("--do-sample", action="store_true", help="sample instead of greedy decoding")
-    p.add_argument("--temperature", type=float, default=None)
-    p.add_argument("--top-k", type=int, default=None)
-    p.add_argument("--top-p", type=float, default=None)
-    p.add_argument("--int8", action="store_true", help="use the INT8 graphs")
-    p.add_argument("--no-adaptive", action="store_true", help="fixed steps_base path")
-    p.add_argument("--threads", type=int, default=None, help="intra-op threads per session")
+    p.add_argument("--temperature", type=float, default=None,
+                   help="sampling temperature, with --do-sample (default: 1.0)")
+    p.add_argument("--top-k", type=int, default=None,
+                   help="sample among the k most likely tokens (default: all)")
+    p.add_argument("--top-p", type=float, default=None,
+                   help="nucleus sampling: the smallest set with this mass, in (0, 1] (default: off)")
+    p.add_argument("--int8", action="store_true", help="use the INT8 graphs (default: fp32)")
+    p.add_argument("--no-adaptive", action="store_true",
+                   help="fixed steps_base path, no uncertainty signals (default: adaptive)")
+    p.add_argument("--no-token-healing", action="store_true",
+                   help="keep a prompt's trailing whitespace tokens as they are (default: "
+                        "regenerate them, so 'def f(x):\\n' gets an indented body)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="intra-op threads per ONNX Runtime session (default: 1)")
     p.add_argument("--trace", action="store_true",
                    help="colour each token by band and print a per-band summary")
     p.add_argument("--json", action="store_true", help="print the result and its trace as JSON")
@@ -53,9 +63,12 @@ def _colour(text: str, band: str | None, enabled: bool) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.prompt == "-":
+        args.prompt = sys.stdin.read()
     from .generate import Runtime
     overrides = {"max_new_tokens": args.max_new_tokens, "seed": args.seed,
-                 "adaptive": not args.no_adaptive, "do_sample": args.do_sample}
+                 "adaptive": not args.no_adaptive, "do_sample": args.do_sample,
+                 "token_healing": not args.no_token_healing}
     for name in ("temperature", "top_k", "top_p", "stop"):
         if getattr(args, name) is not None:
             overrides[name] = getattr(args, name)
@@ -93,11 +106,12 @@ def _summary(trace, colour: bool) -> str:
         if not rows:
             continue
         name = band or "fixed"
-        mean_u = sum(t.u for t in rows) / len(rows) if band else float("nan")
+        # the fixed path computes no signals: no U to average
+        mean_u = f"{sum(t.u for t in rows) / len(rows):>7.2f}" if band else f"{'-':>7}"
         iters = sum((sum(t.iterations) + sum(t.deep_iterations or ())) / len(t.iterations)
                     for t in rows) / len(rows)
         lines.append(f"{_colour(f'{name:<10}', band, colour)} {len(rows):>6} "
-                     f"{mean_u:>7.2f} {iters:>9.2f} {sum(t.mc_samples > 0 for t in rows):>3} "
+                     f"{mean_u} {iters:>9.2f} {sum(t.mc_samples > 0 for t in rows):>3} "
                      f"{sum(t.think_injected for t in rows):>5} {sum(t.deepened for t in rows):>4}")
     total_us = sum(t.microseconds for t in trace)
     if trace:

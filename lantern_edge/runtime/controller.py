@@ -87,10 +87,11 @@ class Controller:
         self.suppress = config.think_token_id
 
     def decide(self, seq: Sequence, step: FeedResult, options: GenerationOptions,
-               rng: np.random.Generator, mask_seed: int) -> TraceEntry:
+               rng: np.random.Generator, mask_seed: int, healing=None) -> TraceEntry:
+        """healing: a TokenHealing (healing.py) whose constraint applies to the choice."""
         logits = step.logits[-1]
         if not options.adaptive:
-            token = self._choose(logits, options, options.temperature, rng)
+            token = self._choose(logits, options, options.temperature, rng, healing)
             return TraceEntry(token, probability=float(softmax(logits)[token]),
                               iterations=list(step.iterations))
         weights = np.array([options.weight_entropy, options.weight_dispersion,
@@ -116,16 +117,17 @@ class Controller:
             entry.u_total = u + options.lambda_epistemic * entry.u_epistemic
             if entry.u_total < options.tau_high or probe:
                 log_mean = np.log(np.maximum(mean, 1e-30)).astype(np.float32)
-                entry.token_id = self._choose(log_mean, options, options.temperature, rng)
+                entry.token_id = self._choose(log_mean, options, options.temperature, rng, healing)
                 entry.probability = float(mean[entry.token_id])
                 return _logged(entry, step.position)
             entry.band = "very_high"             # escalated by epistemic uncertainty
         if entry.band == "very_high":
             logits, entry.deep_iterations = self._go_deep(seq, step, options, entry)
-            entry.token_id = self._choose(logits, options, options.temperature, rng)
+            entry.token_id = self._choose(logits, options, options.temperature, rng, healing)
         else:
             scale = options.refined_temperature if entry.band == "moderate" else 1.0
-            entry.token_id = self._choose(logits, options, options.temperature * scale, rng)
+            entry.token_id = self._choose(logits, options, options.temperature * scale, rng,
+                                          healing)
         entry.probability = float(softmax(logits)[entry.token_id])
         return _logged(entry, step.position)
 
@@ -148,7 +150,9 @@ class Controller:
             entry.deepened = True
         return deep.logits[-1], list(deep.ran)
 
-    def _choose(self, logits, options, temperature, rng) -> int:
+    def _choose(self, logits, options, temperature, rng, healing=None) -> int:
+        if healing is not None:
+            logits = healing.constrain(logits)
         return choose(logits, options.do_sample, temperature, options.top_k, options.top_p, rng,
                       self.suppress)
 

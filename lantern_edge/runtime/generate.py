@@ -147,6 +147,8 @@ class Runtime:
         exhausted its stop_reason, stats and result are set. Options and prompt are checked
         now, not at the first next()."""
         options = self.options(options, **overrides)
+        if not isinstance(prompt, str):           # token ids are taken as given: never healed
+            options = dataclasses.replace(options, token_healing=False)
         return TokenStream(self, self.encode(prompt), options)
 
     def generate(self, prompt: str | Ids[int], options: GenerationOptions | None = None,

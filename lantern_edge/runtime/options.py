@@ -72,6 +72,8 @@ class GenerationOptions:
     inject_think: bool | None = None
     deep_trigger: str | None = None       # "u": the bands send tokens deep; "probe": the probe
     tau_probe: float | None = None        # deep_trigger="probe": deep when p_benefit >= this
+    # a text prompt ending in whitespace: regenerate its trailing whitespace tokens (healing.py)
+    token_healing: bool = True
 
     def __post_init__(self) -> None:
         _require(_is_int(self.max_new_tokens) and self.max_new_tokens >= 1, "max_new_tokens",
@@ -80,7 +82,7 @@ class GenerationOptions:
                  "stop", self.stop, "a tuple of non-empty strings")
         _require(self.eos_token_id is None or (_is_int(self.eos_token_id) and self.eos_token_id >= 0),
                  "eos_token_id", self.eos_token_id, "None or an id >= 0")
-        for name in ("ignore_eos", "do_sample", "adaptive", "use_halting"):
+        for name in ("ignore_eos", "do_sample", "adaptive", "use_halting", "token_healing"):
             _require(isinstance(getattr(self, name), bool), name, getattr(self, name),
                      "True or False")
         _require(self.inject_think is None or isinstance(self.inject_think, bool),

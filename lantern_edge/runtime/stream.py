@@ -15,6 +15,7 @@ import numpy as np
 from tokenizers import Tokenizer
 
 from .controller import TraceEntry
+from .healing import heal
 from .options import GenerationOptions
 
 @dataclass
@@ -67,13 +68,16 @@ class _TextOut:
     might begin one is held back until the following tokens tell (so no streamed piece is ever
     taken back)."""
 
-    def __init__(self, tokenizer: Tokenizer, stop: tuple[str, ...]):
-        self.detok, self.stop = _TextStream(tokenizer), stop
+    def __init__(self, tokenizer: Tokenizer, stop: tuple[str, ...], healing=None):
+        self.detok, self.stop, self.healing = _TextStream(tokenizer), stop, healing
         self.pending, self.text, self.stopped = "", "", False
 
     def push(self, token: int, last: bool) -> str:
         """The text token adds (held back pieces included); everything pending when last."""
-        self.pending += self.detok.push(token)
+        piece = self.detok.push(token)
+        if self.healing is not None:         # the prompt already has the regenerated text
+            piece = self.healing.accept(token, piece)
+        self.pending += piece
         found = [i for i in (self.pending.find(s) for s in self.stop) if i >= 0]
         if found:
             self.stopped, last = True, True
@@ -116,7 +120,9 @@ class TokenStream:
         rng = np.random.default_rng(options.seed)
         mask_seed = options.seed if options.seed is not None else int(rng.integers(2**31))
         halting = options.halting_threshold if (options.adaptive and options.use_halting) else None
-        text = _TextOut(runtime.tokenizer, options.stop)
+        fed, healing = (heal(ids, runtime.tokenizer.decode, runtime.config.vocab_size)
+                        if options.token_healing else (ids, None))
+        text = _TextOut(runtime.tokenizer, options.stop, healing)
         tokens: list[StreamedToken] = []
         seq = runtime._acquire()
         timer = seq.timer
@@ -124,11 +130,11 @@ class TokenStream:
         began = started = time.perf_counter()
         prefill_seconds = prefill_session = 0.0
         try:
-            step = seq.feed(ids, options.steps_base)                 # prefill
+            step = seq.feed(fed, options.steps_base)                 # prefill
             prefill_seconds, prefill_session = time.perf_counter() - began, timer.seconds
             started += prefill_seconds
             for count in range(1, options.max_new_tokens + 1):
-                entry = runtime.controller.decide(seq, step, options, rng, mask_seed)
+                entry = runtime.controller.decide(seq, step, options, rng, mask_seed, healing)
                 token = entry.token_id
                 reason = ("eos" if token == eos else "max_new_tokens"
                           if count == options.max_new_tokens else "max_position"
