@@ -84,6 +84,45 @@ def random_artifacts(tmp_path_factory, random_checkpoint):
     return out
 
 
+# --- depth (recursion order, input injection, depth probe) --------------------------------------
+
+@pytest.fixture(scope="module")
+def single_torch_thread():
+    """The reference decodes one token at a time: tiny ops, where a second thread only adds
+    synchronisation (and the machine is shared)."""
+    import torch
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _depth_variant_name(variant) -> str:
+    return f"{variant[0]}-{'inject' if variant[1] else 'plain'}"
+
+
+@pytest.fixture(scope="session", params=[("sequence", False), ("sequence", True),
+                                         ("cycle", False), ("cycle", True)],
+                ids=_depth_variant_name)
+def depth_artifacts(request, tmp_path_factory):
+    """(model, artifacts dir) of a small untrained model (tests/depth_models.py) with a depth
+    probe, in each recursion order with and without input injection, exported for real
+    (parity through the runtime included); THINK injection on by default in its manifest."""
+    from depth_models import depth_model
+    from lantern_edge.export.api import export_checkpoint
+    from lantern_edge.model.checkpoint import save_checkpoint
+    from lantern_edge.model.config import ControllerConfig
+    from lantern_edge.model.tokenizer import char_tokenizer
+    order, injection = request.param
+    model = depth_model(order, injection, probe=16)
+    root = tmp_path_factory.mktemp(f"depth_{_depth_variant_name(request.param)}")
+    chars = [chr(c) for c in range(ord("0"), ord("0") + 64)]
+    save_checkpoint(root / "model.pt", model, ControllerConfig(inject_think=True),
+                    char_tokenizer(chars).to_str())
+    export_checkpoint(root / "model.pt", root / "artifacts")
+    return model, root / "artifacts"
+
+
 # --- training ---------------------------------------------------------------------------------
 
 @pytest.fixture(scope="session")

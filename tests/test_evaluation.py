@@ -153,7 +153,18 @@ def test_choose_deep_strategies():
     assert chosen.tolist() == [True, False, False, False]
     assert compute.choose_deep("oracle", 0.75, columns, helped, rng)[0].tolist() == helped.tolist()
     assert compute.choose_deep("random", 0.5, columns, helped, rng)[0].sum() == 2
-    assert compute.default_fractions(2, 4) == [0.02, 0.05, 0.1, 0.2, 0.25, 0.5]
+    assert compute.default_fractions(2, 4, 4.0) == [0.02, 0.05, 0.1, 0.2, 0.25, 0.5]
+    # continuing instead of re-running: 3 more iterations per block (2 + 4 over 2 blocks)
+    assert compute.default_fractions(2, 4, 3.0) == [0.02, 0.05, 0.1, 0.2, 0.333333, 0.666667]
+
+
+def test_deep_cost_counts_the_iterations_the_runtime_runs():
+    from lantern_edge.model.config import ModelConfig
+    seq = ModelConfig(vocab_size=16, hidden_size=8, num_heads=2, steps_base=2, steps_reasoning=4)
+    cyc = ModelConfig.from_dict({**seq.to_dict(), "recursion_order": "cycle"})
+    assert seq.continuation_iterations() == [2, 4] and cyc.continuation_iterations() == [2, 2]
+    assert compute.deep_cost(seq, "deepened") == 3.0 and compute.deep_cost(cyc, "deepened") == 2.0
+    assert compute.deep_cost(seq, "think") == compute.deep_cost(cyc, "think") == 4.0
 
 
 # --- the CLI on the tiny model --------------------------------------------------------------
@@ -197,7 +208,10 @@ def test_eval_cli_end_to_end(tiny_checkpoint, tmp_path):
         assert 1.0 <= p["cost"] <= 2 + 4 + 3 / 2 and 0.0 <= p["accuracy"] <= 1.0 and p["loss"] > 0
     fixed = {p["setting"]: p for p in points if p["strategy"] == "fixed"}
     composite = {p["setting"]: p for p in points if p["strategy"] == "composite"}
-    assert composite[0.25]["cost"] == pytest.approx(fixed[3]["cost"])    # equal cost: 2 + 0.25 * 4
+    # the cheap pass plus 4 per THINK token and 2 + 4 over two blocks per continued token
+    point = composite[0.25]
+    assert point["cost"] == pytest.approx(2 + (4 * point["thinks"] + 3 * point["deepened"]) / 256)
+    assert fixed[3]["cost"] == 3
     assert any(c["versus"] == ["fixed", 3] for c in results["sections"]["compute"]["comparisons"])
     retrieval = results["sections"]["retrieval"]
     assert set(retrieval["conditions"]) == {"plain", "think_after_definition", "no_definition",
@@ -231,6 +245,8 @@ def test_eval_cli_end_to_end(tiny_checkpoint, tmp_path):
     assert section["deep_action"] == "deepened"
     assert all(p.get("thinks", 0) == 0 for p in section["points"])
     assert sum(p.get("deepened", 0) for p in section["points"]) > 0
+    composite = {p["setting"]: p for p in section["points"] if p["strategy"] == "composite"}
+    assert composite[0.25]["cost"] == pytest.approx(2 + 0.25 * 3)       # continued, not re-run
 
 
 def test_eval_cli_errors(tmp_path, capsys, monkeypatch):

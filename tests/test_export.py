@@ -1,7 +1,7 @@
 """lantern-export: graphs vs the reference, the artifacts layout, the CLI's contract.
 
 The decode tests drive the step graphs with their own NumPy KV bookkeeping written from
-docs/ARTIFACTS.md (ContractDriver below), independent of both the exporter's parity check and
+docs/ARTIFACTS.md (tests/contract_driver.py), independent of both the exporter's parity check and
 the runtime.
 """
 
@@ -23,98 +23,13 @@ from lantern_edge.export.parity import PARITY_KEYS, keep_masks, reference_masks
 from lantern_edge.model.checkpoint import load_checkpoint
 from lantern_edge.model.incremental import IncrementalDecoder
 
+from contract_driver import ContractDriver
+
 RANDOM_GRAPHS = ["model.onnx", "embed.onnx", "block0.onnx", "block1.onnx", "mc_step.onnx",
                  "lm_head.onnx", "uncertainty.onnx"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_torch_thread():
-    """The reference decodes one token at a time: tiny ops, where a second thread only adds
-    synchronisation (and the machine is shared)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-class ContractDriver:
-    """The step graphs driven per docs/ARTIFACTS.md with plain onnxruntime sessions.
-
-    Per (block, iteration) a dict slot -> (position, key [H, D], value [H, D]): ordinary tokens
-    go to slot position % W, global ones (position 0, THINK) to W + arrival index; a token that
-    ran d iterations has its last key/value written to iterations d..steps_reasoning-1 too.
-    """
-
-    def __init__(self, root):
-        manifest = json.loads((root / "lantern.json").read_text())
-        self.cfg = cfg = load_config(manifest)
-        graphs = manifest["graphs"]["fp32"]
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = 1            # tiny graphs; spinning pools fight on 2 cores
-        open_ = lambda name: ort.InferenceSession(str(root / name), options)  # noqa: E731
-        self.embed = open_(graphs["embed"]["file"])
-        self.blocks = [open_(entry["file"]) for entry in graphs["blocks"]]
-        self.mc_step = open_(graphs["mc_step"]["file"])
-        self.lm_head = open_(graphs["lm_head"]["file"])
-        self.stored = cfg.window_size + cfg.max_global_tokens
-        self.slots = [[{} for _ in range(cfg.steps_reasoning)] for _ in range(cfg.num_blocks)]
-        self.globals = 0
-        self.length = 0
-
-    def context(self, b, i, positions, new_global):
-        cfg, entries = self.cfg, self.slots[b][i]
-        keys = np.zeros((cfg.num_heads, self.stored, cfg.head_dim), np.float32)
-        values = np.zeros_like(keys)
-        bias = np.full((len(positions), self.stored + len(positions)), -np.inf, np.float32)
-        for slot, (j, k, v) in entries.items():
-            keys[:, slot], values[:, slot] = k, v
-            for t, p in enumerate(positions):
-                if j < p and (p - j < cfg.window_size or slot >= cfg.window_size):
-                    bias[t, slot] = 0
-        for t, p in enumerate(positions):
-            for u, q in enumerate(positions):
-                if q <= p and (p - q < cfg.window_size or new_global[u]):
-                    bias[t, self.stored + u] = 0
-        return keys, values, bias
-
-    def feed(self, ids, depth):
-        cfg = self.cfg
-        ids = np.asarray(ids, np.int64)
-        positions = np.arange(self.length, self.length + len(ids))
-        new_global = (positions == 0) | (ids == cfg.think_token_id)
-        slot_of = []
-        for t, p in enumerate(positions):
-            slot_of.append(cfg.window_size + self.globals if new_global[t] else p % cfg.window_size)
-            self.globals += int(new_global[t])
-        hidden = self.embed.run(None, {"input_ids": ids, "positions": positions})[0]
-        for b, block in enumerate(self.blocks):
-            for i in range(cfg.steps_reasoning):
-                if i < depth:
-                    keys, values, bias = self.context(b, i, positions, new_global)
-                    if b == cfg.num_blocks - 1:
-                        self.mc = (hidden[:, -1:].copy(), i, int(positions[-1]),
-                                   bool(new_global[-1]))
-                    hidden, key, value = block.run(None, {
-                        "hidden": hidden, "positions": positions, "past_key": keys,
-                        "past_value": values, "attn_bias": bias})[:3]
-                for t, p in enumerate(positions):
-                    self.slots[b][i][slot_of[t]] = (p, key[0, :, t], value[0, :, t])
-        self.length += len(ids)
-        return self.lm_head.run(None, {"hidden": hidden})[0][0]
-
-    def mc_hidden(self, masks):
-        hidden, i, position, is_global = self.mc
-        positions = np.array([position])
-        keys, values, bias = self.context(self.cfg.num_blocks - 1, i, positions,
-                                          np.array([is_global]))
-        return self.mc_step.run(None, {"hidden": hidden, "positions": positions,
-                                       "past_key": keys, "past_value": values,
-                                       "attn_bias": bias, **masks})[0]
-
-
-def load_config(manifest):
-    from lantern_edge.model.config import ModelConfig
-    return ModelConfig.from_dict(manifest["model_config"])
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
 
 def depth_pattern(t, cfg):

@@ -84,10 +84,11 @@ def _reference_controller(model, prompt, options, n, seed):
             room = decoder.buffers[0][0].glob_count < cfg.max_global_tokens
             if cfg.think_token_id is not None and options.inject_think and room:
                 out = decoder.forward(torch.tensor([cfg.think_token_id]), options.steps_reasoning)
-            else:
-                decoder.rewind()
-                out = decoder.forward(torch.tensor([last]), options.steps_reasoning)
-            deep = list(decoder.iterations)
+                deep = list(decoder.iterations)
+            else:      # continued (sequence order): block 0 from where it stopped, block 1 again
+                deep = [options.steps_reasoning - decoder.iterations[0]] + \
+                    [options.steps_reasoning] * (cfg.num_blocks - 1)
+                out = decoder.deepen(options.steps_reasoning)
             token = int(out.logits[0, -1].argmax())
         elif band != "high":
             token = int(logits.argmax())

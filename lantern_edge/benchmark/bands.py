@@ -13,7 +13,8 @@ import numpy as np
 INF = float("inf")
 
 # GenerationOptions overrides: U always falls in the named band, whatever the model says.
-# (very_high injects THINK until the global KV buffer is full, then deepens the token.)
+# (very_high injects THINK while the global KV buffer has room when the model's inject_think
+# default says so, and otherwise continues the token to steps_reasoning.)
 FORCED = {
     "confident": dict(tau_low=INF, tau_mid=INF, tau_high=INF),
     "moderate": dict(tau_low=-INF, tau_mid=INF, tau_high=INF),
@@ -26,7 +27,8 @@ BAND_WORK = {
     "confident": "cheap pass + uncertainty head",
     "moderate": "cheap pass + refined sampling",
     "high": "+ one MC-dropout call (S samples) and an S-row LM head",
-    "very_high": "+ THINK / deepened pass at steps_reasoning",
+    "very_high": "+ THINK at steps_reasoning, or the token continued to steps_reasoning "
+                 "(docs/DEPTH.md)",
 }
 
 

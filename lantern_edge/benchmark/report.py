@@ -218,8 +218,11 @@ def render(results: dict) -> str:
     out += memory_table(results)
     out += ["", "## Cost shape", "",
             f"{s['band_tokens']} new tokens with every token forced into one band (thresholds "
-            f"at ±inf); very high injects THINK until the global KV buffer is full, then "
-            f"deepens the token.", ""]
+            f"at ±inf) and the model's defaults otherwise. Very high injects THINK (while the "
+            f"global KV buffer has room) when the manifest's inject_think says so, and "
+            f"otherwise continues the token from its cheap pass to steps_reasoning: iters/blk "
+            f"counts what ran (sequence order at steps 2/4 on two blocks: (2 + 2 + 2 + 4) / 2 = "
+            f"5; cycle order: steps_reasoning; docs/DEPTH.md).", ""]
     out += cost_table(results, notes)
     out += ["", "Bounds per token: the mean µs per token of the cheapest and the costliest band "
             "(the controller's cost per token is bounded below by the cheap band and above by the "

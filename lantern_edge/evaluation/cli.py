@@ -30,9 +30,9 @@ METHOD = (
     "Teacher-forced on the PyTorch reference (the model the ONNX graphs are held equal to).",
     "Signals come from the cheap pass (steps_base), as the runtime computes them.",
     "Extra compute per token is the runtime's very-high action with carried KV: a THINK token "
-    "run at steps_reasoning (re-running the token at steps_reasoning once the window's global "
-    "buffer is full); MC averaging re-runs the last block's last cheap iteration with the "
-    "runtime's dropout-mask recipe.",
+    "run at steps_reasoning (the token continued to steps_reasoning once the window's global "
+    "buffer is full: the logits of a re-run at the cost of a continuation); MC averaging "
+    "re-runs the last block's last cheap iteration with the runtime's dropout-mask recipe.",
     "Each held-out window is one generation: its global buffer starts empty.",
     "Adaptive points run one joint pass in which later tokens see the deep tokens' KV; which "
     "tokens go deep is decided from the cheap pass over an all-cheap context (\"flipped\" "
@@ -75,8 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--threads", type=int, default=1,
                         help="torch CPU threads (one is fastest for small models on a busy machine)")
     parser.add_argument("--no-think", action="store_true",
-                        help="in the accuracy-vs-compute sweep the very-high action re-runs the "
-                             "token deep instead of injecting THINK (the runtime's "
+                        help="in the accuracy-vs-compute sweep the very-high action continues "
+                             "the token deep instead of injecting THINK (the runtime's "
                              "inject_think=False)")
     parser.add_argument("--no-figures", action="store_true", help="write no PNGs")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
@@ -164,7 +164,8 @@ def run(args) -> list[Path]:
         elif name == "compute":
             sweep = compute.Sweep(evaluated.model, controller, windows.inputs, windows.targets,
                                   columns, mc_samples, args.seed, inject_think=not args.no_think)
-            fractions = args.fractions or compute.default_fractions(cfg.steps_base, cfg.steps_reasoning)
+            fractions = args.fractions or compute.default_fractions(
+                cfg.steps_base, cfg.steps_reasoning, sweep.extra)
             section = compute.accuracy_vs_compute(sweep, sorted(set(fractions)), progress)
         elif name == "think":
             section = {"utility": think.utility(columns, controller, cfg.steps_base, args.seed),

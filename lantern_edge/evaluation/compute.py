@@ -1,12 +1,15 @@
 """Accuracy against compute: adaptive allocation of extra depth vs fixed depth, random and oracle.
 
 Cost is the runtime's: mean block iterations per token and block (GenerationResult.stats
-"mean_iterations_per_block"). The cheap pass costs steps_base; a token sent deep costs
-steps_reasoning more (the runtime re-runs it, or runs a THINK token, from iteration 1); an MC
-refinement costs mc_samples iterations of one block, mc_samples / num_blocks on this scale.
+"mean_iterations_per_block"). The cheap pass costs steps_base. A token sent deep by
+continuation costs what continuing it runs (ModelConfig.continuation_iterations: cycle order
+steps_reasoning - steps_base per block; sequence order the rest of block 0 plus every later
+block again, at steps 2/4 on two blocks (2 + 4) / 2 = 3 more); a THINK token costs
+steps_reasoning per block; an MC refinement costs mc_samples iterations of one block,
+mc_samples / num_blocks on this scale.
 
 Every adaptive point is one joint teacher-forced pass (passes.adaptive): the chosen tokens get
-the very-high action (THINK while the window's global buffer has room, else re-run deep) and
+the very-high action (THINK while the window's global buffer has room, else continued deep) and
 later tokens see their KV, as in the runtime. Approximation: which tokens go deep is decided
 from the cheap pass over an all-cheap context, not over the context earlier deep tokens left;
 each composite point reports how many cheap tokens the real context would have sent deep
@@ -18,7 +21,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..model.config import ControllerConfig
+from ..model.config import ControllerConfig, ModelConfig
 from ..model.modeling import LanternModel
 from ..model.uncertainty import UncertaintyHead
 from . import passes
@@ -29,11 +32,19 @@ BASE_FRACTIONS = (0.02, 0.05, 0.1, 0.2)
 STRATEGIES = ("composite", "entropy", "random", "oracle")
 
 
-def default_fractions(steps_base: int, steps_reasoning: int) -> list[float]:
+def deep_cost(config: ModelConfig, action: str) -> float:
+    """Mean block iterations per block one token sent deep adds: a THINK token ("think")
+    runs steps_reasoning of every block; a continued token ("deepened") what continuing runs."""
+    if action == "think":
+        return float(config.steps_reasoning)
+    extra = config.continuation_iterations()
+    return sum(extra) / len(extra)
+
+
+def default_fractions(steps_base: int, steps_reasoning: int, extra: float) -> list[float]:
     """Shares of tokens sent deep: a few small ones, plus those whose cost equals a fixed
-    depth (steps_base + f * steps_reasoning = d), where the comparison is exact."""
-    equal_cost = [(d - steps_base) / steps_reasoning
-                  for d in range(steps_base + 1, steps_reasoning + 1)]
+    depth (steps_base + f * extra = d, extra = deep_cost), where the comparison is exact."""
+    equal_cost = [(d - steps_base) / extra for d in range(steps_base + 1, steps_reasoning + 1)]
     return sorted({round(f, 6) for f in (*BASE_FRACTIONS, *equal_cost) if 0 < f <= 1})
 
 
@@ -83,6 +94,8 @@ class Sweep:
         self.inputs, self.targets, self.columns = inputs, targets, columns
         self.mc_samples = mc_samples
         self.base, self.top, self.blocks = cfg.steps_base, cfg.steps_reasoning, cfg.num_blocks
+        self.extra = deep_cost(cfg, self.action)
+        self.think_cost, self.continue_cost = deep_cost(cfg, "think"), deep_cost(cfg, "deepened")
         self.base_correct = columns[f"correct_d{self.base}"]
         self.base_nll = columns[f"nll_d{self.base}"]
         self.helped = ~self.base_correct & columns[f"correct_{self.action}"]
@@ -103,8 +116,8 @@ class Sweep:
         result, plan, joint_u = passes.adaptive(self.model, self.inputs, self.targets,
                                                 deep.reshape(self.targets.shape),
                                                 self.action == "think", score=score)
-        point = self._point(strategy, fraction, self.base + deep.mean() * self.top,
-                            result.correct.ravel(), result.nll.ravel())
+        point = self._point(strategy, fraction, self._cost(plan), result.correct.ravel(),
+                            result.nll.ravel())
         point.update(threshold=threshold, deep_share=float(deep.mean()), thinks=plan.thinks,
                      deepened=plan.deepened)
         if joint_u is not None and threshold is not None:
@@ -130,13 +143,17 @@ class Sweep:
                                           self.action == "think")
         correct = np.where(bands["mc"], self.columns["correct_mc"], result.correct.ravel())
         nll = np.where(bands["mc"], self.columns["nll_mc"], result.nll.ravel())
-        cost = (self.base + bands["deep"].mean() * self.top
-                + bands["mc_run"].mean() * self.mc_samples / self.blocks)
+        cost = self._cost(plan) + bands["mc_run"].mean() * self.mc_samples / self.blocks
         point = self._point("shipped", "checkpoint thresholds", cost, correct, nll)
         point.update(threshold=self.controller.tau_high, deep_share=float(bands["deep"].mean()),
                      mc_share=float(bands["mc"].mean()), thinks=plan.thinks,
                      deepened=plan.deepened)
         return point
+
+    def _cost(self, plan: passes.Layout) -> float:
+        """The cheap pass plus what each deep token ran: a THINK token or its continuation."""
+        extra = plan.thinks * self.think_cost + plan.deepened * self.continue_cost
+        return self.base + extra / self.targets.numel()
 
     def _point(self, strategy: str, setting, cost: float, correct: np.ndarray,
                nll: np.ndarray) -> dict:
@@ -174,7 +191,7 @@ def accuracy_vs_compute(sweep: Sweep, fractions: list[float], progress=lambda m:
     points.append(sweep.shipped())
     comparisons = []
     for fraction in fractions:
-        depth = sweep.base + fraction * sweep.top
+        depth = sweep.base + fraction * sweep.extra
         versus = [("random", fraction), ("entropy", fraction)]
         if abs(depth - round(depth)) < 1e-9 and 1 <= round(depth) <= sweep.top:
             versus.insert(0, ("fixed", int(round(depth))))

@@ -4,7 +4,8 @@
 - `capture`: records each (block, iteration)'s keys, values and queries during model.forward,
   by wrapping Block.finish for the duration (the model's own code runs, nothing is copied).
 - `isolated_deep`: every token's extra-compute counterfactual at once, each query alone over
-  the cheap pass's context: the token itself re-run at steps_reasoning ("deepened"), or a THINK
+  the cheap pass's context: the token itself at steps_reasoning ("deepened": the runtime
+  continues it, with the same logits as a re-run), or a THINK
   token after it run at steps_reasoning. This is exactly the runtime's very-high action for a
   token whose earlier tokens all stayed cheap (their deeper KV is carried, as the runtime's is).
 - `adaptive`: one joint pass with chosen tokens deep: THINK inserted after the first
@@ -118,7 +119,8 @@ def isolated_deep(model: LanternModel, inputs: torch.Tensor, targets: torch.Tens
                   think: bool) -> Outcome:
     """Each token's prediction had it alone gone deep over the cheap pass's context.
 
-    think=False: token t re-run at steps_reasoning (the runtime's "deepened" path);
+    think=False: token t at steps_reasoning (the runtime's "deepened" path: it continues the
+    token, with the same logits as this re-run);
     think=True: a THINK at position t + 1 run at steps_reasoning, whose logits predict
     targets[:, t] (the runtime's THINK injection). The context (every other token) ran
     steps_base iterations; iterations past steps_base see its carried KV.
@@ -145,14 +147,16 @@ def isolated_deep(model: LanternModel, inputs: torch.Tensor, targets: torch.Tens
         own_visible = torch.eye(length, dtype=torch.bool).expand(len(ids), -1, -1)
         visible = torch.cat((ctx_visible, own_visible), dim=-1)[:, None]       # (B, 1, T, 2T)
         query_ids = torch.full_like(ids, cfg.think_token_id) if think else ids
-        x = model.embed(query_ids, query_positions[None])
+        x = embedded = model.embed(query_ids, query_positions[None])
         cos, sin = model.rope(query_positions)
-        for b, block in enumerate(model.blocks):
-            for i in range(cfg.steps_reasoning):
-                ctx_k, ctx_v = context[(b, min(i, cfg.steps_base - 1))]
-                q, k, v = block.project(x, cos, sin, model.rope_perm, model.rope_sign)
-                x, _ = block.finish(x, q, torch.cat((ctx_k, k), 2), torch.cat((ctx_v, v), 2),
-                                    visible, (b, i), cfg.dropout, None)
+        for b, i in cfg.schedule(cfg.steps_reasoning):
+            block = model.blocks[b]
+            if cfg.injects(b, i):
+                x = model.inject(x, embedded)
+            ctx_k, ctx_v = context[(b, min(i, cfg.steps_base - 1))]
+            q, k, v = block.project(x, cos, sin, model.rope_perm, model.rope_sign)
+            x, _ = block.finish(x, q, torch.cat((ctx_k, k), 2), torch.cat((ctx_v, v), 2),
+                                visible, (b, i), cfg.dropout, None)
         logits, _ = model.lm_head(x)
         parts.append(outcome_of(logits, targets[rows], cfg.think_token_id))
     return _concat(parts)
@@ -167,12 +171,12 @@ class Layout:
     read: torch.Tensor          # (B, T) index in ids whose logits predict targets[:, t]
     think: torch.Tensor         # (B, L) bool, an injected THINK
     thinks: int                 # THINK tokens inserted in all
-    deepened: int               # deep tokens re-run in place (no THINK slot left, or none)
+    deepened: int               # deep tokens continued in place (no THINK slot left, or none)
 
 
 def layout(model: LanternModel, inputs: torch.Tensor, deep: np.ndarray, use_think: bool) -> Layout:
     """Where each deep token's extra compute goes: a THINK after it while the window's global
-    buffer has room (max_global_tokens, position 0 included), else the token re-run deep."""
+    buffer has room (max_global_tokens, position 0 included), else the token continued deep."""
     cfg = model.config
     base, top = cfg.steps_base, cfg.steps_reasoning
     think_id = cfg.think_token_id if use_think else None

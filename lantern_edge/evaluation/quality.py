@@ -20,7 +20,7 @@ def targets(columns: dict[str, np.ndarray], steps_base: int) -> dict[str, tuple[
     """
     wrong = ~columns[f"correct_d{steps_base}"]
     events = {"error": ("top-1 wrong", wrong)}
-    names = {"deepened": "re-run deep", "think": "THINK + deep", "mc": "MC averaging"}
+    names = {"deepened": "continued deep", "think": "THINK + deep", "mc": "MC averaging"}
     for action, label in names.items():
         if f"top1_{action}" not in columns:
             continue

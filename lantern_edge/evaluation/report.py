@@ -76,7 +76,7 @@ def _signals(section: dict, run: dict) -> list[str]:
               f"(15 bins; accuracy {_pct(section['accuracy_base'])}, mean confidence "
               f"{_pct(section['mean_confidence'])}).", ""]
     lines += _figure("reliability", run) + _figure("risk_coverage", run)
-    labels = {"deepened": "re-run deep (steps_reasoning)", "think": "THINK + deep",
+    labels = {"deepened": "continued deep (steps_reasoning)", "think": "THINK + deep",
               "mc": "MC averaging"}
     rows = [[labels[a], _pct(e["accuracy"]), _pct(e["changes"]), _pct(e["fixes"]),
              _pct(e["breaks"]), _num(e["loss"])] for a, e in section["effect"].items()]
@@ -109,12 +109,14 @@ def _compute(section: dict, run: dict) -> list[str]:
             extra.append(f"flipped {_pct(p['flipped'])}")
         rows.append([names[p["strategy"]], setting, _num(p["cost"], 2), _pct(p["accuracy"], 2),
                      _num(p["loss"]), _ci(p["gain_vs_base"]), ", ".join(extra)])
-    action = ("THINK + steps_reasoning (re-run in place once the window has no global slot "
-              "left)" if section["deep_action"] == "think" else
-              "re-running the token at steps_reasoning (--no-think)")
+    action = ("THINK + steps_reasoning (the token continued in place once the window has no "
+              "global slot left)" if section["deep_action"] == "think" else
+              "continuing the token to steps_reasoning (--no-think)")
     lines = ["## Accuracy vs compute", "",
              "Cost = mean block iterations per token (the runtime's `mean_iterations_per_block`: "
-             "the cheap pass, plus steps_reasoning for a token sent deep, plus mc_samples / "
+             "the cheap pass, plus steps_reasoning per THINK token, plus what continuing a "
+             "token to steps_reasoning runs (cycle order: the missing cycles; sequence order: "
+             "the rest of block 0 and every later block again), plus mc_samples / "
              "num_blocks for an MC refinement). Δ = accuracy minus the cheap pass's, in points, "
              "with a 95% interval resampling whole windows. \"flipped\": share of cheap tokens "
              "whose U, in the context the deep tokens left, would have crossed the threshold "
@@ -192,7 +194,7 @@ def _think(section: dict, run: dict) -> list[str]:
             for r in utility["rows"]]
     lines = ["## THINK utility", "",
              "Each token's counterfactuals over the cheap context: the cheap pass, the token "
-             "re-run at steps_reasoning, and a THINK after it run at steps_reasoning.", ""]
+             "continued to steps_reasoning, and a THINK after it run at steps_reasoning.", ""]
     lines += _table(["tokens", "prediction", "count", "accuracy", "loss",
                      "Δ accuracy vs base (points)"], rows) + [""]
     attention = section["attention"]

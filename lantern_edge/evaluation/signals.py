@@ -107,7 +107,7 @@ def collect(model: LanternModel, controller: ControllerConfig, inputs: torch.Ten
     columns["u_total"] = columns["composite"] + controller.lambda_epistemic * columns["mutual_information"]
     _add(columns, "mc", mc)
 
-    progress("each token alone re-run deep")
+    progress("each token alone continued deep")
     _add(columns, "deepened", passes.isolated_deep(model, inputs, targets, think=False))
     if cfg.think_token_id is not None:
         progress("each token alone followed by a deep THINK")

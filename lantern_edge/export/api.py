@@ -34,7 +34,7 @@ logger = logging.getLogger(__name__)
 # which parity check covers which graph (lantern.json "parity" keys)
 PARITY_OF_ROLE = {"model": "model_onnx_logits", "embed": "decode_logits", "block": "decode_logits",
                   "mc_step": "mc_step_logits", "lm_head": "decode_logits",
-                  "uncertainty": "uncertainty_rel"}
+                  "uncertainty": "uncertainty_rel", "inject": "decode_logits"}
 
 
 @dataclass

@@ -233,17 +233,53 @@ def full_forward_graph(model: LanternModel, opset: int) -> onnx.ModelProto:
     near = g.op("Less", delta, g.const(cfg.window_size))
     visible = g.op("And", g.op("GreaterOrEqual", delta, g.const(0)), g.op("Or", near, glob))
     bias = g.op("Where", visible, g.const(0.0, F32), g.const(-np.inf, F32))     # (B, 1, T, T)
-    for b in range(cfg.num_blocks):
-        for _ in range(cfg.steps_base):
-            x = _block_body(g, model, b, x, cos, sin, bias)["hidden"]
+    embedded = x
+    for b, i in cfg.schedule(cfg.steps_base):
+        if cfg.injects(b, i):
+            x = _inject(g, model, x, embedded)
+        x = _block_body(g, model, b, x, cos, sin, bias)["hidden"]
     _lm_head(g, model, x, "logits")
     g.output("logits", "float32", ["batch", "tokens", cfg.vocab_size])
-    return g.model(f"LANTERN forward at steps_base={cfg.steps_base}: input_ids -> logits")
+    return g.model(f"LANTERN forward at steps_base={cfg.steps_base} ({cfg.recursion_order} "
+                   f"order): input_ids -> logits")
 
 
-def uncertainty_graph(embedding: torch.Tensor, top_k: int, opset: int) -> onnx.ModelProto:
+def injection_weights(model: LanternModel) -> dict[str, np.ndarray]:
+    """W [h ; e] + bias as h @ W_h + e @ W_e + bias: no Concat, and e broadcasts over samples."""
+    c = model.config.hidden_size
+    weight = model.injection.weight                                            # (C, 2C)
+    return {"injection.hidden_weight": _np(weight[:, :c].T),
+            "injection.embed_weight": _np(weight[:, c:].T),
+            "injection.bias": _np(model.injection.bias)}
+
+
+def _inject(g: GraphBuilder, model: LanternModel, x: str, embedded: str,
+            output: str | None = None) -> str:
+    w = {k: g.weight(k, v) for k, v in injection_weights(model).items()}
+    mixed = g.op("Add", g.op("MatMul", x, w["injection.hidden_weight"]),
+                 g.op("MatMul", embedded, w["injection.embed_weight"]))
+    out = g.op("Add", mixed, w["injection.bias"], outputs=[output] if output else 1)
+    return out[0] if isinstance(out, list) else out
+
+
+def inject_graph(model: LanternModel, opset: int) -> onnx.ModelProto:
+    """inject.onnx (models with input injection): hidden [S, T, C] and the embedding output
+    embedded [1, T, C] -> hidden_out = W [hidden ; embedded]."""
+    c = model.config.hidden_size
+    g = GraphBuilder("inject", opset)
+    hidden = g.input("hidden", "float32", ["samples", "tokens", c])
+    embedded = g.input("embedded", "float32", [1, "tokens", c])
+    _inject(g, model, hidden, embedded, "hidden_out")
+    g.output("hidden_out", "float32", ["samples", "tokens", c])
+    return g.model("input injection: hidden_out = W [hidden ; embedded], W a Linear 2C -> C")
+
+
+def uncertainty_graph(embedding: torch.Tensor, top_k: int, opset: int,
+                      probe: LanternModel | None = None) -> onnx.ModelProto:
     """uncertainty.onnx: logits [N, V], weights [3] = (a, b, c) -> entropy, p_max, dispersion,
     score [N] (lantern_edge.model.uncertainty; exact formulas in docs/ARTIFACTS.md).
+    probe: a model with a depth probe adds the input hidden [N, C] (the cheap pass's final
+    hidden state, before the final norm) and the output p_benefit [N] (model/probe.py).
 
     Safe for huge, all-equal and -inf logits: logits are clipped to +-1e38 (so +-inf become
     finite and every shifted logit z = l - max stays >= -2e38, never -inf), and e^z * z is then
@@ -252,6 +288,7 @@ def uncertainty_graph(embedding: torch.Tensor, top_k: int, opset: int) -> onnx.M
     vocab, hidden = embedding.shape
     if not 1 <= top_k <= vocab:
         raise ValueError(f"top_k_dispersion must be in [1, vocab_size={vocab}], got {top_k}")
+    probe_k = probe.config.depth_probe_top_k if probe is not None else 0
     g = GraphBuilder("uncertainty", opset)
     logits = g.input("logits", "float32", ["rows", vocab])
     weights = g.input("weights", "float32", [3])
@@ -265,21 +302,68 @@ def uncertainty_graph(embedding: torch.Tensor, top_k: int, opset: int) -> onnx.M
     # entropy = -sum p log p with p = e / total, log p = z - log(total)
     entropy = g.op("Sub", g.op("Log", total), g.op("Div", ez, total), outputs=["entropy"])[0]
     p_max = g.op("Reciprocal", total, outputs=["p_max"])[0]
-    # dispersion: sum_i w_i ||e_i - mu||^2 over the top k, w renormalised over the top k
-    top_values, top_ids = g.op("TopK", logits, g.const([top_k]), outputs=2, axis=-1)
-    w = g.op("Softmax", top_values, axis=-1)            # (N, k): p renormalised over the top k
-    emb = g.op("Gather", g.weight("token_embedding", _np(embedding)), top_ids)  # (N, k, C)
-    mean = g.op("MatMul", g.op("Unsqueeze", w, g.const([1])), emb)              # (N, 1, C)
-    spread = g.reduce("ReduceSumSquare", g.op("Sub", emb, mean), [-1], keepdims=False)
-    dispersion = g.reduce("ReduceSum", g.op("Mul", w, spread), [-1], keepdims=False,
-                          output="dispersion")
+    # one TopK serves the dispersion signal and the probe (sorted: the first k are the top k)
+    top_values, top_ids = g.op("TopK", logits, g.const([max(top_k, probe_k)]), outputs=2,
+                               axis=-1)
+    table = g.weight("token_embedding", _np(embedding))
+    dispersion = _dispersion(g, table, top_values, top_ids, top_k, top_k < probe_k,
+                             "dispersion")
     a, b, c = g.split(weights, [1, 1, 1], axis=0)
     score = g.op("Add", g.op("Mul", a, entropy), g.op("Mul", b, dispersion))
     g.op("Sub", score, g.op("Mul", c, p_max), outputs=["score"])
     for name in ("entropy", "p_max", "dispersion", "score"):
         g.output(name, "float32", ["rows"])
+    if probe is not None:
+        _depth_probe(g, probe, table, total, top, top_values, top_ids, top_k)
     return g.model(f"entropy (nats), p_max, top-{top_k} embedding dispersion, "
-                   f"score = a*entropy + b*dispersion - c*p_max")
+                   f"score = a*entropy + b*dispersion - c*p_max"
+                   + (", p_benefit of the depth probe" if probe is not None else ""))
+
+
+def _first(g: GraphBuilder, x: str, k: int) -> str:
+    return g.op("Slice", x, g.const([0]), g.const([k]), g.const([-1]))
+
+
+def _dispersion(g: GraphBuilder, table: str, top_values: str, top_ids: str, k: int,
+                slice_: bool, output: str | None = None) -> str:
+    """sum_i w_i ||e_i - mu||^2 over the top k (the first k of top_values/ids when slice_),
+    w the probabilities renormalised over those k."""
+    if slice_:
+        top_values, top_ids = _first(g, top_values, k), _first(g, top_ids, k)
+    w = g.op("Softmax", top_values, axis=-1)                                      # (N, k)
+    emb = g.op("Gather", table, top_ids)                                          # (N, k, C)
+    mean = g.op("MatMul", g.op("Unsqueeze", w, g.const([1])), emb)              # (N, 1, C)
+    spread = g.reduce("ReduceSumSquare", g.op("Sub", emb, mean), [-1], keepdims=False)
+    return g.reduce("ReduceSum", g.op("Mul", w, spread), [-1], keepdims=False, output=output)
+
+
+def _depth_probe(g: GraphBuilder, model: LanternModel, table: str, total: str, top: str,
+                 top_values: str, top_ids: str, top_k: int) -> None:
+    """p_benefit [N] from hidden [N, C]: the MLP of model/probe.py on the normed hidden, the
+    top-k probabilities, entropy, top-1/top-2 margin and top-k dispersion."""
+    cfg = model.config
+    k = cfg.depth_probe_top_k
+    hidden = g.input("hidden", "float32", ["rows", cfg.hidden_size])
+    normed = g.layer_norm(hidden, g.weight("final_norm.weight", _np(model.final_norm.weight)),
+                          g.weight("final_norm.bias", _np(model.final_norm.bias)),
+                          cfg.final_norm_eps)
+    column = lambda x: g.op("Unsqueeze", x, g.const([-1]))                   # noqa: E731
+    values = _first(g, top_values, k) if k < top_k else top_values
+    probs = g.op("Div", g.op("Exp", g.op("Sub", values, top)), column(total))     # (N, k)
+    p1, p2 = (g.op("Slice", probs, g.const([j]), g.const([j + 1]), g.const([-1]))
+              for j in (0, 1))
+    dispersion = "dispersion" if k == top_k else \
+        _dispersion(g, table, top_values, top_ids, k, k < max(k, top_k))
+    features = g.op("Concat", normed, probs, column("entropy"), g.op("Sub", p1, p2),
+                    column(dispersion), axis=-1)
+    probe = model.depth_probe
+    w1 = g.weight("depth_probe.hidden_weight", _np(probe.hidden_layer.weight.T))
+    b1 = g.weight("depth_probe.hidden_bias", _np(probe.hidden_layer.bias))
+    w2 = g.weight("depth_probe.output_weight", _np(probe.output_layer.weight[0]))
+    b2 = g.weight("depth_probe.output_bias", _np(probe.output_layer.bias))
+    inner = g.op("Relu", g.op("Add", g.op("MatMul", features, w1), b1))
+    g.op("Sigmoid", g.op("Add", g.op("MatMul", inner, w2), b2), outputs=["p_benefit"])
+    g.output("p_benefit", "float32", ["rows"])
 
 
 def build_graphs(model: LanternModel, top_k: int,
@@ -294,5 +378,8 @@ def build_graphs(model: LanternModel, top_k: int,
              block_step_graph(model, cfg.num_blocks - 1, opset, mc=True)),
             ("lm_head", "lm_head.onnx", lm_head_graph(model, opset)),
             ("uncertainty", "uncertainty.onnx",
-             uncertainty_graph(model.token_embedding.weight, min(top_k, cfg.vocab_size), opset))]
+             uncertainty_graph(model.token_embedding.weight, min(top_k, cfg.vocab_size), opset,
+                               model if cfg.has_depth_probe else None))]
+    if cfg.input_injection:
+        out.append(("inject", "inject.onnx", inject_graph(model, opset)))
     return out

@@ -38,6 +38,7 @@ def render_model_card(manifest: dict[str, Any], notes: str = "") -> str:
         f"vocabulary {cfg['vocab_size']}, sliding window {cfg['window_size']} + "
         f"{cfg['max_global_tokens']} global slots, {cfg['max_position']} positions"
         + (f"; {params:,} parameters." if params else "."),
+        "", _depth(cfg, manifest["controller"]),
         "", f"Exported by lantern-edge {producer.get('version', '?')} (opset "
         f"{producer.get('opset', '?')}) from a {producer.get('checkpoint_kind', '?')} checkpoint "
         f"(sha256 {str(producer.get('checkpoint_sha256', '?'))[:16]}...).", ""]
@@ -91,6 +92,23 @@ def _training(t: dict[str, Any]) -> list[str]:
                   f"{h['bce']:.3f} |" for d, h in sorted(halting.items(), key=lambda kv: int(kv[0]))]
         lines.append("")
     return lines
+
+
+def _depth(cfg: dict[str, Any], c: dict[str, Any]) -> str:
+    """How depth is spent (docs/DEPTH.md); absent fields read as their defaults."""
+    order = cfg.get("recursion_order", "sequence")
+    shape = "d cycles of every block" if order == "cycle" else "each block d times in turn"
+    probe = cfg.get("depth_probe_hidden", 0)
+    probe_text = (f"depth probe (MLP width {probe}, top-{cfg.get('depth_probe_top_k', 10)} "
+                  f"probabilities)" if probe else "no depth probe")
+    trigger = c.get("deep_trigger", "u")
+    if trigger == "probe":
+        trigger += f" (tau_probe {c.get('tau_probe', 0.5)})"
+    return (f"Depth: {order} order ({shape}), input injection "
+            f"{'on' if cfg.get('input_injection') else 'off'}, {probe_text}; a deep token "
+            f"continues from its cheap pass; THINK injection "
+            f"{'on' if c.get('inject_think', False) else 'off'} by default; deep trigger "
+            f"{trigger}.")
 
 
 def _controller(c: dict[str, Any]) -> list[str]:

@@ -24,7 +24,8 @@ _ALIGN = 64                   # offsets aligned for mmap-friendly reads
 
 @dataclass
 class GraphFile:
-    role: str                 # "model", "embed", "block", "mc_step", "lm_head", "uncertainty"
+    role: str                 # "model", "embed", "block", "mc_step", "lm_head", "uncertainty",
+                              # "inject" (models with input injection)
     file: str
     inputs: list[dict]
     outputs: list[dict]

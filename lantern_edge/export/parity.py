@@ -5,8 +5,10 @@ The graphs are driven by `lantern_edge.runtime.decode.Sequence`, exactly as `Run
 path), so a passing check means the artifacts and the runtime agree with the reference.
 (tests/test_export.py drives the graphs with an independent contract driver as well.)
 `check_parity` runs the checks recorded in lantern.json "parity": prefill, one-token decode 3x
-past the window, a chunk mid-sequence, tokens at steps_reasoning and at depth 1 (carried KV), a
-THINK token, the MC-dropout step with shared masks, the uncertainty head, and model.onnx alone.
+past the window, a chunk mid-sequence, tokens at steps_reasoning and at depth 1 (carried KV),
+tokens continued from steps_base to steps_reasoning (`Sequence.deepen`), a THINK token, the
+MC-dropout step with shared masks, the uncertainty head (and the depth probe's p_benefit), and
+model.onnx alone; all in the model's recursion order, input injection included.
 """
 
 from __future__ import annotations
@@ -98,6 +100,11 @@ def _check_parity(model: LanternModel, root: str | Path) -> dict[str, float]:
             ref = want.halting[:, d - 1, 0, -1].numpy()
             errors["decode_halt"] = max(errors["decode_halt"],
                                         float(np.abs(np.array(step.halting) - ref).max()))
+        if chunk.stop - chunk.start == 1 and chunk.start % 7 == 3 and d < cfg.steps_reasoning:
+            step = engine.deepen(step, cfg.steps_reasoning)       # continued, not re-run
+            want = reference.deepen(cfg.steps_reasoning).logits[0].numpy()
+            errors["decode_logits"] = max(errors["decode_logits"],
+                                          float(np.abs(step.logits - want).max()))
         return step
 
     # 1. prefill, then one token at a time at its own depth; one 3-token chunk on the way
@@ -123,13 +130,17 @@ def _check_parity(model: LanternModel, root: str | Path) -> dict[str, float]:
     # 3. uncertainty head on varied rows (MC samples, peaked, flat) vs the torch module
     rows = np.concatenate([mc_logits, 30.0 * mc_logits[:1], np.zeros_like(mc_logits[:1])])
     weights = np.array([1.0, 0.5, 0.5], np.float32)
-    got = engine.signals(rows, weights)
+    hidden = np.random.default_rng(2).normal(0, 1, (len(rows), cfg.hidden_size)).astype(np.float32)
+    got = engine.signals(rows, weights, hidden)
     head = UncertaintyHead(model.token_embedding.weight, engine.engine.artifacts.controller.top_k_dispersion)
     with torch.no_grad():
-        expected = head(torch.from_numpy(rows), torch.from_numpy(weights))
-    for name, want in zip(("entropy", "p_max", "dispersion", "score"), expected):
+        expected = list(head(torch.from_numpy(rows), torch.from_numpy(weights)))
+        if model.depth_probe is not None:
+            expected.append(model.depth_probe(model.final_norm(torch.from_numpy(hidden)),
+                                              torch.from_numpy(rows), model.token_embedding.weight))
+    for name, want in zip(("entropy", "p_max", "dispersion", "score", "p_benefit"), expected):
         have, want = got[name], want.numpy()
-        if name in ("dispersion", "score"):  # ties in the flat row make its top k arbitrary
+        if name in ("dispersion", "score", "p_benefit"):  # the flat row's top k: ties, arbitrary
             have, want = have[:-1], want[:-1]
         scale = max(1.0, float(np.abs(want).max()))
         errors["uncertainty_rel"] = max(errors["uncertainty_rel"],

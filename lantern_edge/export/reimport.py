@@ -43,7 +43,8 @@ def checkpoint_from_artifacts(path: str | Path) -> Checkpoint:
     artifacts = open_artifacts(path, "fp32")
     cfg = artifacts.model_config
     graphs = artifacts.manifest["graphs"]["fp32"]
-    files = [graphs["embed"]["file"], graphs["lm_head"]["file"]] + [b["file"] for b in graphs["blocks"]]
+    files = [graphs[role]["file"] for role in ("embed", "lm_head", "uncertainty", "inject")
+             if role in graphs] + [b["file"] for b in graphs["blocks"]]
     weights: dict[str, np.ndarray] = {}
     for file in files:
         for tensor in onnx.load(str(artifacts.root / file)).graph.initializer:
@@ -89,4 +90,13 @@ def _state_dict(w: dict[str, np.ndarray], cfg) -> dict[str, torch.Tensor]:
         if cfg.use_halting:
             state[f"{prefix}halting.weight"] = get("halt_weight")[None, :]
             state[f"{prefix}halting.bias"] = get("halt_bias").reshape(1)
+    if cfg.input_injection:      # graphs.injection_weights: W = [W_h^T | W_e^T]
+        state["injection.weight"] = np.concatenate(
+            (w["injection.hidden_weight"].T, w["injection.embed_weight"].T), axis=1)
+        state["injection.bias"] = w["injection.bias"]
+    if cfg.has_depth_probe:
+        state.update({"depth_probe.hidden_layer.weight": w["depth_probe.hidden_weight"].T,
+                      "depth_probe.hidden_layer.bias": w["depth_probe.hidden_bias"],
+                      "depth_probe.output_layer.weight": w["depth_probe.output_weight"][None, :],
+                      "depth_probe.output_layer.bias": w["depth_probe.output_bias"].reshape(1)})
     return {k: torch.from_numpy(np.array(v, dtype=np.float32)) for k, v in state.items()}

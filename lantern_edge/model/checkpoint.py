@@ -171,7 +171,9 @@ def upstream_configs(cfg: dict[str, Any]) -> tuple[ModelConfig, ControllerConfig
             tau_low=float(cfg.get("tau_low", 1.0)), tau_mid=float(cfg.get("tau_mid", 2.0)),
             tau_high=float(cfg.get("tau_high", 3.0)),
             top_k_dispersion=int(cfg.get("top_k_dispersion", 10)),
-            mc_samples=int(cfg.get("num_bayesian_samples", 5)))
+            mc_samples=int(cfg.get("num_bayesian_samples", 5)),
+            # upstream's controller injects THINK in the very high band
+            inject_think=think is not None)
     except KeyError as e:
         raise CheckpointError(f"upstream config lacks field {e.args[0]!r}") from e
     except (TypeError, ValueError) as e:

@@ -58,7 +58,11 @@ class KVBuffer:
         """Store the new tokens' k, v (1, H, T, D) in order; later positions overwrite slots."""
         window = self.ring_k.shape[2]
         for t in range(k.shape[2]):
-            if is_global[t]:
+            if is_global[t] and self.glob_count and self.glob_pos[self.glob_count - 1] == positions[t]:
+                # the newest global token run again (continued deeper): overwrite its slot
+                self.glob_k[:, :, self.glob_count - 1] = k[:, :, t]
+                self.glob_v[:, :, self.glob_count - 1] = v[:, :, t]
+            elif is_global[t]:
                 if self.glob_count >= self.glob_k.shape[2]:
                     raise ValueError(
                         f"the global KV buffer is full ({self.glob_k.shape[2]} slots: position 0 "
@@ -84,6 +88,7 @@ class IncrementalDecoder:
         self.buffers = [[KVBuffer.empty(cfg.num_heads, cfg.window_size, cfg.max_global_tokens,
                                         cfg.head_dim) for _ in range(cfg.steps_reasoning)]
                         for _ in range(cfg.num_blocks)]
+        self._last: dict | None = None       # the newest token's state, for `deepen`
 
     @torch.no_grad()
     def forward(self, ids: torch.Tensor, depth: int | torch.Tensor | None = None,
@@ -92,9 +97,10 @@ class IncrementalDecoder:
 
         depth: iterations per block, an int or a LongTensor broadcastable to (num_blocks, T),
         at most steps_reasoning. halting_threshold (one token only): a block stops after an
-        iteration whose p_halt >= threshold. Returns logits (1, T, V), hidden (1, T, C), halting;
-        afterwards `iterations` holds the last token's iterations per block and `mc_input` the
-        hidden state entering the last block's last iteration (the MC-dropout step's input).
+        iteration whose p_halt >= threshold (cycle order: all blocks stop after a cycle whose
+        last block says so). Returns logits (1, T, V), hidden (1, T, C), halting; afterwards
+        `iterations` holds the last token's iterations per block and `mc_input` the hidden
+        state entering the last block's last iteration (the MC-dropout step's input).
         """
         model, cfg = self.model, self.model.config
         length = ids.shape[0]
@@ -106,31 +112,73 @@ class IncrementalDecoder:
                           cfg.num_blocks, 1, length)[:, 0].clone()          # (num_blocks, T)
         if int(grid.max()) > cfg.steps_reasoning:
             raise ValueError(f"depth {int(grid.max())} exceeds steps_reasoning={cfg.steps_reasoning}")
-        is_global = model.is_global(ids, positions)
         x = model.embed(ids[None], positions[None])
+        start = [0] * cfg.num_blocks
+        out = self._run(ids, positions, x, x, grid, start, halting_threshold)
+        self.length += length
+        return out
+
+    @torch.no_grad()
+    def deepen(self, depth: int) -> ModelOutput:
+        """Continue the newest token to `depth` iterations per block instead of re-running it.
+
+        Sequence order: block 0 resumes from its state after the iterations it ran (their KV
+        is stored already) and runs on to `depth`; the following blocks re-run from their new
+        input. Cycle order: cycles continue from where the token stopped to `depth`; nothing
+        is re-run. The result equals rewinding the token and feeding it at `depth`.
+        """
+        cfg, last = self.model.config, self._last
+        if last is None:
+            raise ValueError("nothing to deepen: no token has been fed")
+        done = last["iterations"]
+        if not max(done) < depth <= cfg.steps_reasoning:
+            raise ValueError(f"depth must be in ({max(done)}, steps_reasoning="
+                             f"{cfg.steps_reasoning}] to deepen a token that ran {done}")
+        grid = torch.full((cfg.num_blocks, 1), depth, dtype=torch.long)
+        if cfg.recursion_order == "cycle":
+            start, x = [min(done)] * cfg.num_blocks, last["final"]
+        else:
+            start, x = [done[0]] + [0] * (cfg.num_blocks - 1), last["block_out"][0]
+        return self._run(last["ids"], last["positions"], x, last["embedded"], grid, start, None)
+
+    def _run(self, ids, positions, x, embedded, grid, start, halting_threshold) -> ModelOutput:
+        """Iterations start[b]..grid[b]-1 of every block in recursion order from state x, the
+        KV of each written (carried past a token's depth); iterations below start[b] are
+        stored already."""
+        model, cfg = self.model, self.model.config
+        length = ids.shape[0]
+        is_global = model.is_global(ids, positions)
         cos, sin = model.rope(positions)
         new_visible = visibility(positions, positions, is_global, cfg.window_size)
-        halting = []
-        for b in range(cfg.num_blocks):
-            block_halting = []
-            k = v = None
-            for i in range(cfg.steps_reasoning):
-                active = (grid[b] > i)[None, None, :, None]                     # (1, 1, T, 1)
-                if i < int(grid[b].max()):
-                    if b == cfg.num_blocks - 1 and int(grid[b, -1]) > i:
-                        self.mc_input = x[:, -1:].clone()      # kept: the last one run wins
-                    x, k, v, halt = self._step(b, i, x, k, v, active, positions, cos, sin,
-                                               new_visible, None)
-                    if halt is not None:
-                        block_halting.append(halt)
-                        if (halting_threshold is not None and length == 1
-                                and float(halt[0, -1]) >= halting_threshold):
+        halting: list[list[torch.Tensor]] = [[] for _ in range(cfg.num_blocks)]
+        carried: dict = {}
+        block_out = [None] * cfg.num_blocks
+        for b, i in cfg.schedule(cfg.steps_reasoning):
+            if i < start[b]:
+                continue
+            if i < int(grid[b].max()):
+                active = (grid[b] > i)[None, None, :, None]                   # (1, 1, T, 1)
+                if cfg.injects(b, i):
+                    x = torch.where(active[:, 0], model.inject(x, embedded), x)
+                if b == cfg.num_blocks - 1 and int(grid[b, -1]) > i:
+                    self.mc_input = x[:, -1:].clone()      # kept: the last one run wins
+                x, k, v, halt = self._step(b, i, x, *carried.get(b, (None, None)), active,
+                                           positions, cos, sin, new_visible, None)
+                carried[b] = (k, v)
+                block_out[b] = x[:, -1:]
+                if halt is not None:
+                    halting[b].append(halt)
+                    if halting_threshold is not None and length == 1:
+                        stop = float(halt[0, -1]) >= halting_threshold
+                        if stop and cfg.recursion_order == "sequence":
                             grid[b] = i + 1
-                # k, v now hold each token's deepest computed KV (carried for shallow tokens)
-                self.buffers[b][i].write(k, v, positions, is_global)
-            halting.append(block_halting)
-        self.length += length
+                        elif stop and b == cfg.num_blocks - 1:
+                            grid[:] = i + 1
+            # carried[b] holds each token's deepest computed KV (carried for shallow tokens)
+            self.buffers[b][i].write(*carried[b], positions, is_global)
         self.iterations = grid[:, -1].tolist()
+        self._last = {"ids": ids[-1:], "positions": positions[-1:], "embedded": embedded[:, -1:],
+                      "final": x[:, -1:], "block_out": block_out, "iterations": self.iterations}
         logits, hidden = model.lm_head(x)
         return ModelOutput(logits, hidden, stack_halting(halting))
 

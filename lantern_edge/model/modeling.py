@@ -6,6 +6,11 @@ Attention rule (shared by the full forward and the incremental decoder): key j i
 query i when j <= i and (i - j < window_size or j is global). Global tokens are position 0
 (BOS in our models; whatever token comes first in upstream checkpoints) and every THINK token.
 
+Recursion order (config.recursion_order): "sequence" runs block0 x d, then block1 x d, ...;
+"cycle" runs d cycles of block0, block1, .... With input injection, h = W [h ; e] (e the
+embedding output) runs before every cycle (cycle order) or before every iteration after a
+block's first (sequence order). Either way KV is kept per (block, iteration).
+
 Per-token depth: a token may run fewer iterations of a block than its neighbours. Its keys and
 values at an iteration it never ran are the ones of its last iteration, carried forward (the
 "carried KV" policy, the same one upstream's KV cache uses); its hidden state stays at its
@@ -29,6 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import ModelConfig
+from .probe import DepthProbe
 
 # (site, block, iteration) -> scaled keep mask broadcastable to the tensor at that site.
 # The embedding site uses block = iteration = -1.
@@ -175,6 +181,9 @@ class LanternModel(nn.Module):
         self.position_embedding = nn.Embedding(config.max_position, config.hidden_size)
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.num_blocks))
         self.final_norm = nn.LayerNorm(config.hidden_size, eps=config.final_norm_eps)
+        self.injection = (nn.Linear(2 * config.hidden_size, config.hidden_size)
+                          if config.input_injection else None)
+        self.depth_probe = DepthProbe(config) if config.has_depth_probe else None
         cos, sin = rope_tables(config)
         perm, sign = rope_rotation(config)
         self.register_buffer("rope_cos", cos, persistent=False)
@@ -182,6 +191,13 @@ class LanternModel(nn.Module):
         self.register_buffer("rope_perm", perm, persistent=False)
         self.register_buffer("rope_sign", sign, persistent=False)
         self.apply(self._init_weights)
+        if self.injection is not None:
+            # Start as h' = h (the identity on h, nothing from e): a model trained without
+            # injection keeps its function when the adapter is added.
+            with torch.no_grad():
+                c = config.hidden_size
+                self.injection.weight.zero_()
+                self.injection.weight[:, :c] = torch.eye(c)
 
     @staticmethod
     def _init_weights(module: nn.Module) -> None:
@@ -224,7 +240,52 @@ class LanternModel(nn.Module):
         hidden = self.final_norm(x)
         return hidden @ self.token_embedding.weight.T, hidden
 
+    # --- depth: recursion order and input injection -------------------------------------------
+
+    def inject(self, x: torch.Tensor, embedded: torch.Tensor) -> torch.Tensor:
+        """h = W [h ; e]: the input injection adapter (a Linear 2C -> C)."""
+        return self.injection(torch.cat((x, embedded.expand_as(x)), dim=-1))
+
+    def iterate(self, x: torch.Tensor, embedded: torch.Tensor, b: int, i: int,
+                active: torch.Tensor, carried: dict, cos: torch.Tensor, sin: torch.Tensor,
+                visible: torch.Tensor, masks: DropoutMasks | None):
+        """Iteration i of block b on x (B, T, C) in the full forward (no stored context).
+
+        active (B, T): tokens that run it; the others keep their state, and their keys/values
+        are those of their last iteration of this block (carried[b], the carried-KV policy).
+        Returns (x, p_halt or None).
+        """
+        cfg = self.config
+        block = self.blocks[b]
+        run = active[..., None]                                                 # (B, T, 1)
+        if cfg.injects(b, i):
+            x = torch.where(run, self.inject(x, embedded), x)
+        q, k, v = block.project(x, cos, sin, self.rope_perm, self.rope_sign)
+        if b in carried:
+            k = torch.where(run[:, None], k, carried[b][0])
+            v = torch.where(run[:, None], v, carried[b][1])
+        out, halt = block.finish(x, q, k, v, visible, (b, i), cfg.dropout, masks)
+        carried[b] = (k, v)
+        return torch.where(run, out, x), halt
+
     # --- full-sequence forward --------------------------------------------------------------
+
+    def _prepare(self, ids: torch.Tensor, positions: torch.Tensor | None,
+                 masks: DropoutMasks | None):
+        """Embedding, RoPE rows and per-row visibility (B, 1, T, T) of a full forward."""
+        cfg = self.config
+        length = ids.shape[1]
+        if positions is None:
+            positions = torch.arange(length, device=ids.device)
+        elif positions.shape != (length,):
+            raise ValueError(f"positions must have shape ({length},), got {tuple(positions.shape)}")
+        self.check_positions(int(positions[-1]))
+        x = self.embed(ids, positions[None, :], masks)
+        cos, sin = self.rope(positions)
+        glob = self.is_global(ids, positions[None, :])
+        # Batches may place THINK tokens differently: one visibility per row, broadcast on heads.
+        visible = torch.stack([visibility(positions, positions, g, cfg.window_size) for g in glob])
+        return x, cos, sin, visible[:, None]
 
     def forward(self, ids: torch.Tensor, depth: int | torch.Tensor | None = None,
                 dropout_masks: DropoutMasks | None = None,
@@ -232,44 +293,56 @@ class LanternModel(nn.Module):
         """Full forward over ids (B, T), by default at positions 0..T-1.
 
         depth: iterations per block; an int (uniform, default steps_base) or a LongTensor
-        broadcastable to (num_blocks, B, T) for per-token depth (carried-KV policy).
+        broadcastable to (num_blocks, B, T) for per-token depth (carried-KV policy). The
+        (block, iteration) order follows config.recursion_order.
         positions: increasing LongTensor (T,) shared by the batch. The trainer places windows
         late in the sequence this way ([0, off+1, off+2, ...]: BOS at 0, then text far past
         the window), so every learned position row is trained.
         """
         cfg = self.config
         batch, length = ids.shape
-        if positions is None:
-            positions = torch.arange(length, device=ids.device)
-        elif positions.shape != (length,):
-            raise ValueError(f"positions must have shape ({length},), got {tuple(positions.shape)}")
-        self.check_positions(int(positions[-1]))
         depth = cfg.steps_base if depth is None else depth
         grid = depth_grid(depth, cfg.num_blocks, batch, length).to(ids.device)
-        x = self.embed(ids, positions[None, :], dropout_masks)
-        cos, sin = self.rope(positions)
-        glob = self.is_global(ids, positions[None, :])
-        # Batches may place THINK tokens differently: one visibility per row, broadcast on heads.
-        visible = torch.stack([visibility(positions, positions, g, cfg.window_size) for g in glob])
-        visible = visible[:, None]                                             # (B, 1, T, T)
-        halting = []
-        for b, block in enumerate(self.blocks):
-            carried_k = carried_v = None
-            block_halting = []
-            for i in range(int(grid[b].max())):
-                active = (grid[b] > i)[:, None, :, None]                        # (B, 1, T, 1)
-                q, k, v = block.project(x, cos, sin, self.rope_perm, self.rope_sign)
-                if carried_k is not None:
-                    k = torch.where(active, k, carried_k)
-                    v = torch.where(active, v, carried_v)
-                out, halt = block.finish(x, q, k, v, visible, (b, i), cfg.dropout, dropout_masks)
-                x = torch.where(active[:, 0], out, x)
-                carried_k, carried_v = k, v
-                if halt is not None:
-                    block_halting.append(halt)
-            halting.append(block_halting)
+        x, cos, sin, visible = self._prepare(ids, positions, dropout_masks)
+        embedded, carried = x, {}
+        halting: list[list[torch.Tensor]] = [[] for _ in self.blocks]
+        for b, i in cfg.schedule(int(grid.max())):
+            if i >= int(grid[b].max()):
+                continue
+            x, halt = self.iterate(x, embedded, b, i, grid[b] > i, carried, cos, sin, visible,
+                                   dropout_masks)
+            if halt is not None:
+                halting[b].append(halt)
         logits, hidden = self.lm_head(x)
         return ModelOutput(logits, hidden, stack_halting(halting))
+
+    def exits(self, ids: torch.Tensor, positions: torch.Tensor | None = None
+              ) -> list[ModelOutput]:
+        """The outputs at every uniform depth 1..steps_reasoning, each equal to
+        ``forward(ids, d)``, at the cost of continuing rather than restarting.
+
+        Cycle order: the LM head reads the state after each cycle. Sequence order: block 0
+        continues one iteration per depth; the blocks after it re-run from its new output.
+        Halting is left out (None).
+        """
+        cfg = self.config
+        x, cos, sin, visible = self._prepare(ids, positions, None)
+        embedded, active = x, torch.ones(ids.shape, dtype=torch.bool, device=ids.device)
+        out = []
+        if cfg.recursion_order == "cycle":
+            for i in range(cfg.steps_reasoning):
+                for b in range(cfg.num_blocks):
+                    x = self.iterate(x, embedded, b, i, active, {}, cos, sin, visible, None)[0]
+                out.append(ModelOutput(*self.lm_head(x), None))
+            return out
+        for d in range(1, cfg.steps_reasoning + 1):
+            x = self.iterate(x, embedded, 0, d - 1, active, {}, cos, sin, visible, None)[0]
+            y = x
+            for b in range(1, cfg.num_blocks):
+                for i in range(d):
+                    y = self.iterate(y, embedded, b, i, active, {}, cos, sin, visible, None)[0]
+            out.append(ModelOutput(*self.lm_head(y), None))
+        return out
 
 
 def stack_halting(halting: list[list[torch.Tensor]]) -> torch.Tensor | None:

@@ -25,6 +25,8 @@ FIELD_HELP = {
     "max_global_tokens": "global KV slots: BOS + at most this - 1 THINK tokens per sample",
     "steps_base": "iterations per block on the cheap path",
     "steps_reasoning": "most iterations per block; depths 1..this are trained and evaluated",
+    "recursion_order": "sequence (block0 x d, block1 x d) or cycle (d cycles of all blocks)",
+    "input_injection": "feed the token embedding back in: h = W [h ; e] (true or false)",
     "seq_len": "tokens per training sample, <bos> included",
     "lr": "peak learning rate (AdamW, linear warm-up then cosine)",
     "min_lr_ratio": "the cosine ends at lr * this",
@@ -44,7 +46,7 @@ FIELD_HELP = {
     "threads": "torch CPU threads while training (default: torch's choice; tiny preset: 1)",
 }
 CHOICES = {"dtype": ("fp32", "bf16"), "device": ("auto", "cpu", "cuda"),
-           "offline_corpus": OFFLINE_CORPORA}
+           "offline_corpus": OFFLINE_CORPORA, "recursion_order": ("sequence", "cycle")}
 
 
 class UsageError(Exception):

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from .checkpoint import Checkpoint, load_checkpoint, save_checkpoint
-from .config import ModelConfig
+from .config import ControllerConfig, ModelConfig
 from .corpus import OFFLINE_CORPORA, load_corpus
 from .modeling import LanternModel
 from .thresholds import BAND_QUANTILES, calibrate_thresholds
@@ -39,7 +39,7 @@ logger = logging.getLogger(__name__)
 IGNORE = -100                            # cross-entropy ignore_index
 MODEL_FIELDS = ("hidden_size", "num_heads", "intermediate_size", "num_blocks", "window_size",
                 "max_position", "max_global_tokens", "steps_base", "steps_reasoning", "dropout",
-                "use_halting")
+                "use_halting", "recursion_order", "input_injection")
 
 
 @dataclass(frozen=True)
@@ -63,6 +63,8 @@ class TrainConfig:
     steps_reasoning: int = 4              # depths 1..steps_reasoning are trained and evaluated
     dropout: float = 0.1
     use_halting: bool = True
+    recursion_order: str = "sequence"     # "sequence" or "cycle" (docs/DEPTH.md)
+    input_injection: bool = False         # h = W [h ; e] before every cycle / later iteration
     # optimisation
     seq_len: int = 256                    # tokens per sample, <bos> included
     batch_size: int = 16
@@ -468,7 +470,9 @@ def _train(cfg: TrainConfig, device: torch.device, resume: str | Path | None,
                                       "progress": schedule_progress(cfg, step, loop_seconds),
                                       "lr": optimizer.param_groups[0]["lr"]}}
         Path(cfg.output).parent.mkdir(parents=True, exist_ok=True)
-        controller = calibrate_thresholds(model, val_batches, device)
+        # THINK injection is on by default for a model trained with THINK tokens
+        controller = calibrate_thresholds(model, val_batches, device, ControllerConfig(
+            inject_think=cfg.think_rate > 0 and model_cfg.think_token_id is not None))
         meta["controller_calibration"] = {"band_quantiles": list(BAND_QUANTILES),
                                           "tau": [controller.tau_low, controller.tau_mid,
                                                   controller.tau_high]}

@@ -21,6 +21,25 @@ from torch import nn
 CLIP = 1e38
 
 
+def signals(logits: torch.Tensor, embedding: torch.Tensor, top_k: int):
+    """logits (N, V) -> entropy, p_max, dispersion (N,) and the top-k probabilities (N, k),
+    highest first (the depth probe reads them)."""
+    logits = logits.clamp(-CLIP, CLIP)
+    top = logits.max(dim=-1, keepdim=True)[0]
+    z = logits - top                                                # in [-2e38, 0]
+    e = torch.exp(z)
+    total = e.sum(dim=-1)                                           # >= 1
+    entropy = torch.log(total) - (e * z).sum(dim=-1) / total
+    p_max = 1.0 / total
+    top_logits, top_ids = torch.topk(logits, top_k, dim=-1)
+    top_probs = torch.exp(top_logits - top) / total[:, None]
+    w = torch.softmax(top_logits, dim=-1)                           # p renormalised over top k
+    emb = embedding[top_ids]                                        # (N, k, C)
+    mean = (w.unsqueeze(-1) * emb).sum(dim=1, keepdim=True)
+    dispersion = (w * ((emb - mean) ** 2).sum(dim=-1)).sum(dim=-1)
+    return entropy, p_max, dispersion, top_probs
+
+
 class UncertaintyHead(nn.Module):
     def __init__(self, embedding: torch.Tensor, top_k: int):
         super().__init__()
@@ -32,17 +51,6 @@ class UncertaintyHead(nn.Module):
 
     def forward(self, logits: torch.Tensor, weights: torch.Tensor):
         """logits (N, V), weights (3,) = (a, b, c) -> entropy, p_max, dispersion, score (N,)."""
-        logits = logits.clamp(-CLIP, CLIP)
-        top = logits.max(dim=-1, keepdim=True)[0]
-        z = logits - top                                                # in [-2e38, 0]
-        e = torch.exp(z)
-        total = e.sum(dim=-1)                                           # >= 1
-        entropy = torch.log(total) - (e * z).sum(dim=-1) / total
-        p_max = 1.0 / total
-        top_logits, top_ids = torch.topk(logits, self.top_k, dim=-1)
-        w = torch.softmax(top_logits, dim=-1)                           # p renormalised over top k
-        emb = self.embedding[top_ids]                                   # (N, k, C)
-        mean = (w.unsqueeze(-1) * emb).sum(dim=1, keepdim=True)
-        dispersion = (w * ((emb - mean) ** 2).sum(dim=-1)).sum(dim=-1)
+        entropy, p_max, dispersion, _ = signals(logits, self.embedding, self.top_k)
         score = weights[0] * entropy + weights[1] * dispersion - weights[2] * p_max
         return entropy, p_max, dispersion, score

@@ -72,7 +72,8 @@ def quantize_artifacts(path: str | Path, *, mode: str = "dynamic", per_channel: 
 
     fp32 = artifacts.manifest["graphs"]["fp32"]
     roles = [("embed", fp32["embed"]["file"])] + [("block", e["file"]) for e in fp32["blocks"]]
-    roles += [(role, fp32[role]["file"]) for role in ("mc_step", "lm_head", "uncertainty")]
+    roles += [(role, fp32[role]["file"]) for role in ("mc_step", "lm_head", "uncertainty", "inject")
+              if role in fp32]
     tmp = Path(tempfile.mkdtemp(prefix=partial_prefix(INT8_DIR), dir=root))
     try:
         feeds = None

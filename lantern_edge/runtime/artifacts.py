@@ -20,8 +20,8 @@ from typing import Any
 from ..errors import ArtifactError
 from ..model.config import ControllerConfig, ModelConfig
 from .graph_proto import ProtoError, read_graph
-from .manifest_check import (REBUILD, ROLES, check_configs, check_graphs, check_layout,
-                             check_model_copy, check_name, check_parity)
+from .manifest_check import (REBUILD, check_configs, check_graphs, check_layout,
+                             check_model_copy, check_name, check_parity, graph_roles)
 
 MANIFEST = "lantern.json"
 MAX_MANIFEST_BYTES = 16 << 20
@@ -103,10 +103,13 @@ class Artifacts:
     def graph(self, precision: str, role: str, index: int | None = None) -> Path:
         return self.root / self.graph_name(precision, role, index)
 
+    def has_graph(self, precision: str, role: str) -> bool:
+        return role in self.manifest["graphs"][precision]
+
     def files_for(self, precision: str) -> list[str]:
         """Every file the runtime reads for this precision: graphs, their external data, tokenizer."""
         graphs = self.manifest["graphs"][precision]
-        names = [graphs[role]["file"] for role in ROLES if role != "blocks"]
+        names = [graphs[role]["file"] for role in graph_roles(graphs)]
         names += [entry["file"] for entry in graphs["blocks"]]
         names += list(graphs.get("external_data", []))
         names.append(self.manifest["tokenizer"])
@@ -165,7 +168,7 @@ def open_artifacts(path: str | Path, precision: str = "fp32", *,
                                 f"(modified or corrupt); {_REBUILD}")
         artifacts.blobs[name] = data
     section = graphs[precision]
-    graph_names = ([section[role]["file"] for role in ROLES if role != "blocks"]
+    graph_names = ([section[role]["file"] for role in graph_roles(section)]
                    + [entry["file"] for entry in section["blocks"]])
     try:
         infos = {name: read_graph(artifacts.blobs[name]) for name in graph_names}

@@ -20,7 +20,7 @@ import onnxruntime as ort
 from .engine import SIGNALS
 
 if TYPE_CHECKING:                      # decode.py imports this module
-    from .decode import Sequence
+    from .decode import FeedResult, Sequence
 
 
 def bind(session: ort.InferenceSession, inputs: dict[str, np.ndarray],
@@ -53,7 +53,9 @@ class BoundPass:
         self.halt = np.zeros((1, 1), np.float32) if engine.has_halt else None
         self.logits = np.zeros((1, 1, cfg.vocab_size), np.float32)
         self.weights = np.zeros(3, np.float32)
-        self.signal_buffers = {name: np.zeros(1, np.float32) for name in SIGNALS}
+        outputs = SIGNALS + (("p_benefit",) if engine.has_probe else ())
+        self.signal_buffers = {name: np.zeros(1, np.float32) for name in outputs}
+        self.embedded = np.zeros((1, 1, hidden), np.float32)   # input injection's e
 
         self.embed = bind(engine.embed, {"input_ids": self.ids, "positions": self.position},
                           {"hidden": self.hidden[0]})
@@ -69,18 +71,47 @@ class BoundPass:
                        for b, session in enumerate(engine.blocks)]
         self.lm_head = [bind(engine.lm_head, {"hidden": self.hidden[p]}, {"logits": self.logits})
                         for p in (0, 1)]
-        self.uncertainty = bind(engine.uncertainty,
-                                {"logits": self.logits[0], "weights": self.weights},
-                                self.signal_buffers)
+        # uncertainty[p]: the probe (if any) reads the final hidden state in hidden[p]
+        self.uncertainty = [bind(engine.uncertainty,
+                                 {"logits": self.logits[0], "weights": self.weights,
+                                  **({"hidden": self.hidden[p][0]} if engine.has_probe else {})},
+                                 self.signal_buffers)
+                            for p in (0, 1)]
+        # inject[p]: W [hidden[p] ; embedded] -> hidden[1 - p]
+        self.inject_bindings = ([bind(engine.inject, {"hidden": self.hidden[p],
+                                                      "embedded": self.embedded},
+                                      {"hidden_out": self.hidden[1 - p]}) for p in (0, 1)]
+                                if engine.inject is not None else None)
 
-    def begin(self, ids: np.ndarray) -> None:
+    def begin(self, ids: np.ndarray, resume: FeedResult | None = None) -> None:
         seq = self.seq
         token = int(ids[0])
         self.position_, self.is_global, self.slot = seq.kv.begin_token(
             token, seq.engine.think_id, self.bias[0])
         self.ids[0], self.position[0] = token, self.position_
-        seq.run_bound("embed", seq.engine.embed, self.embed)
         self.parity = self.mc_parity = 0              # hidden[parity] holds the current state
+        if resume is not None:                        # continuation: its saved state
+            np.copyto(self.hidden[0], resume.resume)
+            if resume.embedded is not None:
+                np.copyto(self.embedded, resume.embedded)
+            return
+        seq.run_bound("embed", seq.engine.embed, self.embed)
+        if self.inject_bindings is not None:
+            np.copyto(self.embedded, self.hidden[0])
+
+    def inject(self) -> None:
+        self.seq.run_bound("inject", self.seq.engine.inject, self.inject_bindings[self.parity])
+        self.parity = 1 - self.parity
+
+    def state(self) -> np.ndarray:
+        return self.hidden[self.parity].copy()
+
+    def last_embedded(self) -> np.ndarray:
+        return self.embedded.copy()
+
+    def final_hidden(self) -> np.ndarray:
+        """[1, C] view of the final hidden state (valid until the next call)."""
+        return self.hidden[self.parity][0]
 
     def block(self, b: int, i: int) -> float | None:
         seq, kv = self.seq, self.seq.kv
@@ -113,5 +144,6 @@ class BoundPass:
 
     def signals(self, weights: np.ndarray) -> dict[str, np.ndarray]:
         np.copyto(self.weights, weights)
-        self.seq.run_bound("uncertainty", self.seq.engine.uncertainty, self.uncertainty)
+        self.seq.run_bound("uncertainty", self.seq.engine.uncertainty,
+                           self.uncertainty[self.parity])
         return self.signal_buffers

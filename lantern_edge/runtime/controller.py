@@ -7,8 +7,12 @@ Bands of U = a*H + b*dispersion - c*p_max:
                               one call, mean probabilities, U_total = U + lambda * mutual
                               information; U_total >= tau_high escalates to very high;
 - very_high  (>= tau_high):   inject THINK (global token) run at steps_reasoning and read the
-                              next token from it; without THINK (or no global slot left), re-run
-                              the newest token at steps_reasoning.
+                              next token from it when inject_think; otherwise (or no global
+                              slot left) continue the newest token to steps_reasoning: the
+                              missing cycles (cycle order), or block 0 onwards from its state
+                              and the later blocks again (sequence order); docs/DEPTH.md.
+With deep_trigger="probe" the depth probe decides instead of U: a token goes very high when
+p_benefit >= tau_probe, and the others use the bands below very high (no escalation).
 """
 
 from __future__ import annotations
@@ -44,8 +48,9 @@ class TraceEntry:
     u_total: float | None = None
     mc_samples: int = 0
     think_injected: bool = False
-    deepened: bool = False                # the newest token was re-run at steps_reasoning
+    deepened: bool = False                # the newest token was continued to steps_reasoning
     think_skipped: str | None = None      # why THINK was not injected in the very high band
+    p_benefit: float | None = None        # the depth probe's output (models with a probe)
     microseconds: float = 0.0             # feeding the previous token + deciding this one
 
 
@@ -81,9 +86,8 @@ class Controller:
         # THINK is the controller's to inject; the model never chooses it as an output token
         self.suppress = config.think_token_id
 
-    def decide(self, seq: Sequence, step: FeedResult, last_token: int,
-               options: GenerationOptions, rng: np.random.Generator,
-               mask_seed: int, healing=None) -> TraceEntry:
+    def decide(self, seq: Sequence, step: FeedResult, options: GenerationOptions,
+               rng: np.random.Generator, mask_seed: int, healing=None) -> TraceEntry:
         """healing: a TokenHealing (healing.py) whose constraint applies to the choice."""
         logits = step.logits[-1]
         if not options.adaptive:
@@ -92,25 +96,33 @@ class Controller:
                               iterations=list(step.iterations))
         weights = np.array([options.weight_entropy, options.weight_dispersion,
                             options.weight_p_max], np.float32)
-        signals = {k: float(v[0]) for k, v in seq.signals(logits[None], weights).items()}
+        hidden = step.hidden[-1:] if step.hidden is not None else None
+        signals = {k: float(v[0]) for k, v in seq.signals(logits[None], weights, hidden).items()}
         u = signals["score"]
         entry = TraceEntry(0, band=band_of(u, options), iterations=list(step.iterations),
                            entropy=signals["entropy"], p_max=signals["p_max"],
-                           dispersion=signals["dispersion"], u=u)
+                           dispersion=signals["dispersion"], u=u,
+                           p_benefit=signals.get("p_benefit"))
+        probe = options.deep_trigger == "probe"
+        if probe:                                # the probe alone sends tokens deep
+            if entry.p_benefit >= options.tau_probe:
+                entry.band = "very_high"
+            elif entry.band == "very_high":
+                entry.band = "high"
         if entry.band == "high":
             masks = dropout_masks(self.config, options.mc_samples, seq.kv.keys.shape[3],
                                   mask_seed, step.position)
             mean, entry.u_epistemic = mc_summary(seq.mc_logits(step, masks))
             entry.mc_samples = options.mc_samples
             entry.u_total = u + options.lambda_epistemic * entry.u_epistemic
-            if entry.u_total < options.tau_high:
+            if entry.u_total < options.tau_high or probe:
                 log_mean = np.log(np.maximum(mean, 1e-30)).astype(np.float32)
                 entry.token_id = self._choose(log_mean, options, options.temperature, rng, healing)
                 entry.probability = float(mean[entry.token_id])
                 return _logged(entry, step.position)
             entry.band = "very_high"             # escalated by epistemic uncertainty
         if entry.band == "very_high":
-            logits, entry.deep_iterations = self._go_deep(seq, last_token, options, entry)
+            logits, entry.deep_iterations = self._go_deep(seq, step, options, entry)
             entry.token_id = self._choose(logits, options, options.temperature, rng, healing)
         else:
             scale = options.refined_temperature if entry.band == "moderate" else 1.0
@@ -119,7 +131,7 @@ class Controller:
         entry.probability = float(softmax(logits)[entry.token_id])
         return _logged(entry, step.position)
 
-    def _go_deep(self, seq: Sequence, last_token: int, options: GenerationOptions,
+    def _go_deep(self, seq: Sequence, step: FeedResult, options: GenerationOptions,
                  entry: TraceEntry):
         kv, think = seq.kv, self.config.think_token_id
         if think is None:
@@ -134,10 +146,9 @@ class Controller:
             deep = seq.feed(np.array([think]), options.steps_reasoning)
             entry.think_injected = True
         else:
-            kv.rewind()
-            deep = seq.feed(np.array([last_token]), options.steps_reasoning)
+            deep = seq.deepen(step, options.steps_reasoning)
             entry.deepened = True
-        return deep.logits[-1], list(deep.iterations)
+        return deep.logits[-1], list(deep.ran)
 
     def _choose(self, logits, options, temperature, rng, healing=None) -> int:
         if healing is not None:

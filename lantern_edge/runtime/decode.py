@@ -29,11 +29,19 @@ from .kv_state import KVState
 @dataclass
 class FeedResult:
     logits: np.ndarray            # [T, V] float32 (a view valid until the next call)
-    iterations: list[int]         # iterations run per block (for the last token)
+    iterations: list[int]         # iterations per block the last token has now run in all
     halting: list[float | None]   # p_halt of each block's last iteration (last token)
     position: int                 # position of the last token
     is_global: bool               # the last token is a global token (position 0 or THINK)
     mc_input: np.ndarray          # [1, 1, C] hidden entering the last block's last iteration
+    token: int = -1               # the last token's id
+    ran: list[int] = field(default_factory=list)   # block iterations this call ran, per block
+    # what `Sequence.deepen` continues from ([1, 1, C] copies, last token): the state after
+    # block 0 (sequence order) or after the last cycle (cycle order), and the embedding that
+    # input injection feeds back in (None without injection)
+    resume: np.ndarray | None = None
+    embedded: np.ndarray | None = None
+    hidden: np.ndarray | None = None   # [1, C] final hidden (before the norm): the probe's input
 
 
 @dataclass
@@ -55,7 +63,8 @@ class HostPass:
     def __init__(self, seq: Sequence):
         self.seq = seq
 
-    def begin(self, ids: np.ndarray) -> None:
+    def begin(self, ids: np.ndarray, resume: FeedResult | None = None) -> None:
+        """Start tokens ids: embed them, or (resume, one token) start from its saved state."""
         seq, kv = self.seq, self.seq.kv
         self.ids = ids
         self.positions = np.arange(kv.length, kv.length + len(ids), dtype=np.int64)
@@ -64,9 +73,23 @@ class HostPass:
             self.new_global |= ids == seq.engine.think_id
         self.tokens, self.slots = kv.slots_for(self.positions, self.new_global)
         self.bias = kv.attn_bias(self.positions, self.new_global)
-        self.hidden = seq.run("embed", seq.engine.embed,
-                              {"input_ids": ids, "positions": self.positions})[0]
+        if resume is None:
+            self.hidden = self.embedded = seq.run("embed", seq.engine.embed, {
+                "input_ids": ids, "positions": self.positions})[0]
+        else:
+            self.hidden, self.embedded = resume.resume, resume.embedded
         self.mc_input = self.hidden[:, -1:]
+
+    def inject(self) -> None:
+        self.hidden = self.seq.run("inject", self.seq.engine.inject,
+                                   {"hidden": self.hidden, "embedded": self.embedded})[0]
+
+    def state(self) -> np.ndarray:
+        """A copy of the last token's current hidden state [1, 1, C]."""
+        return self.hidden[:, -1:].copy()
+
+    def last_embedded(self) -> np.ndarray:
+        return self.embedded[:, -1:].copy()
 
     def block(self, b: int, i: int) -> float | None:
         seq, kv = self.seq, self.seq.kv
@@ -88,6 +111,9 @@ class HostPass:
         seq.kv.commit(self.positions, self.tokens, self.slots, self.new_global)
         logits = seq.run("lm_head", seq.engine.lm_head, {"hidden": self.hidden})[0][0]
         return logits, int(self.positions[-1]), bool(self.new_global[-1]), self.mc_input
+
+    def final_hidden(self) -> np.ndarray:
+        return self.hidden[0, -1:]
 
 
 class Sequence:
@@ -159,21 +185,64 @@ class Sequence:
         finally:
             self.device.upload()
 
-    def _loop(self, pass_, ids: np.ndarray, depth: int, halting: float | None) -> FeedResult:
-        pass_.begin(ids)
-        iterations, halts = [], []
-        for b in range(self.config.num_blocks):
-            done = 0
-            for i in range(depth):
-                p_halt = pass_.block(b, i)
-                done = i + 1
-                if halting is not None and p_halt is not None and p_halt >= halting:
-                    break
-            pass_.end_block(b, done)
-            iterations.append(done)
-            halts.append(p_halt)
+    def deepen(self, step: FeedResult, depth: int) -> FeedResult:
+        """Continue the newest token (fed last, its FeedResult `step`) to `depth` iterations per
+        block instead of re-running it; the logits equal a re-run at `depth`.
+
+        Cycle order: the missing cycles run from its final state. Sequence order: block 0
+        resumes from its state after the iterations it ran (their KV is stored) and runs on to
+        `depth`; the later blocks re-run from their new input (docs/DEPTH.md).
+        """
+        cfg = self.config
+        self.check_step(step.position, depth)
+        if step.position != self.kv.length - 1 or step.resume is None:
+            raise ValueError("deepen continues the newest token only, from its own FeedResult")
+        if cfg.recursion_order == "cycle":
+            start = [min(step.iterations)] * cfg.num_blocks
+        else:
+            start = [step.iterations[0]] + [0] * (cfg.num_blocks - 1)
+        self.kv.rewind()                      # its slot is rewritten; earlier KV stays valid
+        return self._loop(self.one, np.array([step.token], np.int64), depth, None,
+                          step, start)
+
+    def _loop(self, pass_, ids: np.ndarray, depth: int, halting: float | None,
+              resume: FeedResult | None = None, start: list[int] | None = None) -> FeedResult:
+        """The one decode loop: (block, iteration) in the model's recursion order, from
+        iteration start[b] of each block (continuation) up to `depth`. Halting stops a block
+        (sequence order) or every block after a cycle whose last block says so (cycle order)."""
+        cfg, blocks = self.config, self.config.num_blocks
+        cycle = cfg.recursion_order == "cycle"
+        start = start or [0] * blocks
+        pass_.begin(ids, resume)
+        stop, done = [depth] * blocks, list(start)
+        halts: list[float | None] = list(resume.halting) if resume else [None] * blocks
+        block0 = resume.resume if resume is not None and not cycle else None
+        for b, i in cfg.schedule(depth):
+            if not start[b] <= i < stop[b]:
+                continue
+            if cfg.injects(b, i):
+                pass_.inject()
+            halts[b] = p_halt = pass_.block(b, i)
+            done[b] = i + 1
+            if halting is not None and p_halt is not None and p_halt >= halting:
+                if not cycle:
+                    stop[b] = i + 1
+                elif b == blocks - 1:
+                    stop = [i + 1] * blocks
+            # carried-KV policy: deeper iterations get this one's KV. Sequence order: once, after
+            # the block's last iteration; cycle order: after every iteration (the next block's
+            # call reuses the pass's key buffer), later iterations overwriting.
+            if cycle or i + 1 == stop[b]:
+                pass_.end_block(b, i + 1)
+            if b == 0 and i + 1 == stop[0] and not cycle:
+                block0 = pass_.state()
         logits, position, is_global, mc_input = pass_.finish()
-        return FeedResult(logits, iterations, halts, position, is_global, mc_input)
+        embedded = (resume.embedded if resume is not None
+                    else pass_.last_embedded() if cfg.input_injection else None)
+        return FeedResult(logits, done, halts, position, is_global, mc_input, int(ids[-1]),
+                          [d - s for d, s in zip(done, start)],
+                          pass_.state() if cycle else block0, embedded,
+                          pass_.final_hidden() if self.engine.has_probe else None)
 
     def mc_logits(self, step: FeedResult, masks: dict[str, np.ndarray]) -> np.ndarray:
         """[S, V] logits of the newest token's last-block last iteration re-run with masks."""
@@ -188,12 +257,21 @@ class Sequence:
                 "past_value": self.kv.values[b, i], "attn_bias": bias, **masks})[0]
         return self.run("lm_head", self.engine.lm_head, {"hidden": hidden})[0][:, 0]
 
-    def signals(self, logits: np.ndarray, weights: np.ndarray) -> dict[str, np.ndarray]:
-        """entropy, p_max, dispersion, score of each row of logits [N, V]. For the logits of the
-        latest bound one-token decode the bound session runs (arrays valid until the next call)."""
+    def signals(self, logits: np.ndarray, weights: np.ndarray,
+                hidden: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        """entropy, p_max, dispersion, score of each row of logits [N, V], and p_benefit when
+        the model has a depth probe and `hidden` [N, C] (FeedResult.hidden) is given. For the
+        logits of the latest bound one-token decode the bound session runs (arrays valid until
+        the next call)."""
         holds = getattr(self.one, "holds", None)
         if holds is not None and holds(logits):
             return self.one.signals(weights)
-        out = self.run("uncertainty", self.engine.uncertainty,
-                       {"logits": np.ascontiguousarray(logits, np.float32), "weights": weights})
-        return dict(zip(SIGNALS, out))
+        feeds = {"logits": np.ascontiguousarray(logits, np.float32), "weights": weights}
+        if self.engine.has_probe:
+            feeds["hidden"] = (np.zeros((len(logits), self.config.hidden_size), np.float32)
+                               if hidden is None else np.ascontiguousarray(hidden, np.float32))
+        out = dict(zip(SIGNALS + ("p_benefit",), self.run("uncertainty", self.engine.uncertainty,
+                                                          feeds)))
+        if hidden is None:
+            out.pop("p_benefit", None)
+        return out

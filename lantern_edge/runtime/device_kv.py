@@ -131,6 +131,12 @@ class DevicePass:
             for b in range(blocks)]
         self.lm_head = [self._bind(engine.lm_head, {"hidden": self.hidden[p]},
                                    {"logits": self.logits}) for p in (0, 1)]
+        # input injection: W [hidden[p] ; embedded] -> hidden[1 - p]
+        self.embedded = on_device((1, 1, cfg.hidden_size)) if engine.inject is not None else None
+        self.inject_bindings = ([self._bind(engine.inject, {"hidden": self.hidden[p],
+                                                            "embedded": self.embedded},
+                                            {"hidden_out": self.hidden[1 - p]}) for p in (0, 1)]
+                                if engine.inject is not None else None)
         self.fresh = False                   # device KV newer than the host copy
 
     def _bind(self, session, inputs: dict, outputs: dict) -> ort.IOBinding:
@@ -171,7 +177,7 @@ class DevicePass:
                 self.seq.kv.values[b] = self.values[b].numpy()
             self.fresh = False
 
-    def begin(self, ids: np.ndarray) -> None:
+    def begin(self, ids: np.ndarray, resume: FeedResult | None = None) -> None:
         seq = self.seq
         token = int(ids[0])
         self.position_, self.is_global, slot = seq.kv.begin_token(token, seq.engine.think_id,
@@ -180,8 +186,30 @@ class DevicePass:
         self.ids[0], self.position[0] = token, self.position_
         for rows in self.indices:
             rows[:, :, 2] = slot
-        seq.run_bound("embed", seq.engine.embed, self.embed)
         self.parity = self.mc_parity = 0
+        if resume is not None:                         # continuation: its saved state
+            self.hidden[0].update_inplace(np.ascontiguousarray(resume.resume, np.float32))
+            if self.embedded is not None:
+                self.embedded.update_inplace(np.ascontiguousarray(resume.embedded, np.float32))
+            return
+        seq.run_bound("embed", seq.engine.embed, self.embed)
+        if self.embedded is not None:
+            # no device-to-device copy in onnxruntime's Python API: 4*C bytes through the host
+            self.embedded.update_inplace(self.hidden[0].numpy())
+
+    def inject(self) -> None:
+        self.seq.run_bound("inject", self.seq.engine.inject, self.inject_bindings[self.parity])
+        self.parity = 1 - self.parity
+
+    def state(self) -> np.ndarray:
+        """A host copy of the current hidden state [1, 1, C] (what continuation resumes)."""
+        return np.array(self.hidden[self.parity].numpy(), copy=True)
+
+    def last_embedded(self) -> np.ndarray:
+        return np.array(self.embedded.numpy(), copy=True)
+
+    def final_hidden(self) -> np.ndarray:
+        return self.state()[0]
 
     def block(self, b: int, i: int) -> float | None:
         seq = self.seq

@@ -1,7 +1,8 @@
 """The ONNX Runtime sessions of one artifacts directory: loaded once, shared, never mutated.
 
 An `Engine` holds only what every generation shares: the sessions (embed, one per block,
-mc_step, lm_head, uncertainty, and on the device path the KV write graph), the model config and
+mc_step, lm_head, uncertainty, inject for models with input injection, and on the device path
+the KV write graph), the model config and
 the providers. ORT sessions may be run from several threads at once, so any number of
 generations (decode.py's `Sequence`, each with its own KV state and bindings) use one Engine.
 """
@@ -88,6 +89,11 @@ class Engine:
         # intra_op_threads=2 gives every session two threads.
         self.lm_head = session(artifacts.graph(precision, "lm_head"))
         self.uncertainty = session(artifacts.graph(precision, "uncertainty"))
+        # models with input injection: h = W [h ; e] as its own small graph (docs/DEPTH.md)
+        self.inject = (session(artifacts.graph(precision, "inject"))
+                       if artifacts.has_graph(precision, "inject") else None)
+        # models with a depth probe: uncertainty.onnx also reads the hidden state, gives p_benefit
+        self.has_probe = "p_benefit" in {o.name for o in self.uncertainty.get_outputs()}
         self.think_id = cfg.think_token_id
         self.has_halt = "halt" in {o.name for o in self.blocks[0].get_outputs()}
         self.device = {"CUDAExecutionProvider": "cuda"}.get(self.providers[0])

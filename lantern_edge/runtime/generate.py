@@ -102,6 +102,9 @@ class Runtime:
         options.check_model(self.config.steps_reasoning, self.config.vocab_size)
         if options.use_halting and not self.config.use_halting:
             raise ValueError("use_halting=True but this model has no halting heads")
+        if options.deep_trigger == "probe" and not self.engine.has_probe:
+            raise ValueError("deep_trigger='probe' needs a model with a depth probe "
+                             "(depth_probe_hidden > 0); use deep_trigger='u' with this model")
         return options
 
     def encode(self, prompt: str | Ids[int]) -> np.ndarray:

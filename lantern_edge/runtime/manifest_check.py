@@ -23,6 +23,11 @@ from .graph_proto import GraphInfo
 
 REBUILD = "re-run `lantern-export CHECKPOINT -o DIR --force`"
 ROLES = ("embed", "blocks", "mc_step", "lm_head", "uncertainty")
+OPTIONAL_ROLES = ("inject",)    # only models with input injection have it (docs/DEPTH.md)
+# Fields added after manifests were first shipped: absent, they take their defaults (sequence
+# order, no injection, no probe, the U bands, no THINK by default), so older artifacts load.
+OPTIONAL_FIELDS = {"recursion_order", "input_injection", "depth_probe_hidden",
+                   "depth_probe_top_k", "deep_trigger", "tau_probe", "inject_think"}
 
 # Parity recorded at export (lantern.json "parity"); the runtime refuses artifacts without it.
 LOGIT_TOLERANCE = 1e-4          # max abs logit difference, fp32
@@ -35,7 +40,7 @@ PARITY_KEYS = ("decode_logits", "decode_halt", "mc_step_logits", "uncertainty_re
 LIMITS = {"vocab_size": 1 << 20, "hidden_size": 1 << 15, "num_heads": 1 << 10,
           "intermediate_size": 1 << 17, "num_blocks": 64, "window_size": 1 << 16,
           "max_position": 1 << 20, "max_global_tokens": 1 << 12, "steps_base": 64,
-          "steps_reasoning": 64}
+          "steps_reasoning": 64, "depth_probe_hidden": 1 << 15}
 MAX_KV_BYTES = 2 << 30          # keys + values of every (block, iteration), float32
 MAX_WEIGHT = 1e6                # |controller weights|: U must stay finite in float32
 _SHA256 = re.compile(r"[0-9a-f]{64}")
@@ -47,6 +52,12 @@ def parity_failures(errors: dict[str, float]) -> list[str]:
     return [f"{name}={value:.2e} > {limits.get(name, LOGIT_TOLERANCE):.0e}"
             for name, value in errors.items()
             if not value <= limits.get(name, LOGIT_TOLERANCE)]
+
+
+def graph_roles(section: dict) -> list[str]:
+    """The single-graph roles of one precision's section: the required ones, and the optional
+    ones it lists."""
+    return [r for r in ROLES if r != "blocks"] + [r for r in OPTIONAL_ROLES if r in section]
 
 
 def _fail(where: str, problem: str) -> None:
@@ -82,11 +93,13 @@ def _typed(section: dict, cls, where: str) -> dict:
     if not isinstance(section, dict):
         _fail(where, f"must be an object, got {type(section).__name__}")
     fields = cls.__dataclass_fields__
-    missing = sorted(set(fields) - set(section))
+    missing = sorted(set(fields) - set(section) - OPTIONAL_FIELDS)
     unknown = sorted(set(section) - set(fields))
     if missing or unknown:
         _fail(where, f"has missing fields {missing} / unknown fields {unknown}")
     for name, f in fields.items():
+        if name not in section:
+            continue                              # an optional field: its default
         value, kind = section[name], str(f.type)
         if kind == "int":
             ok = _is_int(value)
@@ -106,7 +119,7 @@ def _typed(section: dict, cls, where: str) -> dict:
 def check_configs(manifest: dict) -> tuple[ModelConfig, ControllerConfig]:
     model = _typed(manifest.get("model_config"), ModelConfig, "model_config")
     for name, limit in LIMITS.items():
-        if model[name] > limit:
+        if model.get(name, 0) > limit:
             _fail(f"model_config.{name}", f"is {model[name]}, above the limit {limit}")
     controller = _typed(manifest.get("controller"), ControllerConfig, "controller")
     try:
@@ -153,7 +166,7 @@ def check_layout(manifest: dict, precision: str) -> None:
         return                                    # the caller names what is available
     section = graphs[precision]
     where = f"graphs.{precision}"
-    entries = [(f"{where}.{r}", section.get(r)) for r in ROLES if r != "blocks"]
+    entries = [(f"{where}.{r}", section.get(r)) for r in graph_roles(section)]
     blocks = section.get("blocks")
     if not isinstance(blocks, list) or not blocks:
         _fail(f"{where}.blocks", "must be a non-empty list")
@@ -212,9 +225,17 @@ def check_graphs(manifest: dict, precision: str, cfg: ModelConfig,
         "mc_step": (block_io[0] | masks, {"hidden_out"},
                     {("in", "hidden"): c, ("in", "past_key"): kv}, cfg.num_blocks - 1),
         "lm_head": ({"hidden"}, {"logits"}, {("in", "hidden"): c, ("out", "logits"): v}, None),
-        "uncertainty": ({"logits", "weights"}, {"entropy", "p_max", "dispersion", "score"},
+        "uncertainty": ({"logits", "weights"} | ({"hidden"} if cfg.has_depth_probe else set()),
+                        {"entropy", "p_max", "dispersion", "score"}
+                        | ({"p_benefit"} if cfg.has_depth_probe else set()),
                         {("in", "logits"): v}, None),
     }
+    _expect(("inject" in section) == cfg.input_injection, f"graphs.{precision}",
+            f"model_config.input_injection={cfg.input_injection} but the inject graph is "
+            f"{'listed' if 'inject' in section else 'missing'}")
+    if cfg.input_injection:
+        expected["inject"] = ({"hidden", "embedded"}, {"hidden_out"},
+                              {("in", "hidden"): c, ("in", "embedded"): c}, None)
     entries = [(role, section[role]["file"], expected[role]) for role in expected]
     entries += [(f"block{b}", e["file"], (*block_io, {("in", "hidden"): c, ("in", "past_key"): kv,
                                                       ("in", "past_value"): kv}, b))

@@ -18,7 +18,9 @@ from typing import Any
 # model_config or controller section, from which `resolved` fills it.
 MODEL_FIELDS = ("eos_token_id", "steps_base", "steps_reasoning", "mc_samples", "weight_entropy",
                 "weight_dispersion", "weight_p_max", "tau_low", "tau_mid", "tau_high",
-                "lambda_epistemic", "refined_temperature", "halting_threshold")
+                "lambda_epistemic", "refined_temperature", "halting_threshold", "inject_think",
+                "deep_trigger", "tau_probe")
+DEEP_TRIGGERS = ("u", "probe")
 
 
 def _require(ok: bool, name: str, value: Any, allowed: str) -> None:
@@ -65,7 +67,11 @@ class GenerationOptions:
     refined_temperature: float | None = None  # moderate band: temperature multiplier
     use_halting: bool = False             # stop a block's iterations when p_halt >= threshold
     halting_threshold: float | None = None
-    inject_think: bool = True             # very high band: inject THINK when the model has one
+    # very high band: inject THINK (True) or continue the token deeper (False); None: what the
+    # manifest says the model was trained for (docs/DEPTH.md)
+    inject_think: bool | None = None
+    deep_trigger: str | None = None       # "u": the bands send tokens deep; "probe": the probe
+    tau_probe: float | None = None        # deep_trigger="probe": deep when p_benefit >= this
     # a text prompt ending in whitespace: regenerate its trailing whitespace tokens (healing.py)
     token_healing: bool = True
 
@@ -76,10 +82,15 @@ class GenerationOptions:
                  "stop", self.stop, "a tuple of non-empty strings")
         _require(self.eos_token_id is None or (_is_int(self.eos_token_id) and self.eos_token_id >= 0),
                  "eos_token_id", self.eos_token_id, "None or an id >= 0")
-        for name in ("ignore_eos", "do_sample", "adaptive", "use_halting", "inject_think",
-                     "token_healing"):
+        for name in ("ignore_eos", "do_sample", "adaptive", "use_halting", "token_healing"):
             _require(isinstance(getattr(self, name), bool), name, getattr(self, name),
                      "True or False")
+        _require(self.inject_think is None or isinstance(self.inject_think, bool),
+                 "inject_think", self.inject_think, "None, True or False")
+        _require(self.deep_trigger is None or self.deep_trigger in DEEP_TRIGGERS, "deep_trigger",
+                 self.deep_trigger, f"None or one of {DEEP_TRIGGERS}")
+        _require(self.tau_probe is None or _is_number(self.tau_probe)
+                 and 0 <= self.tau_probe <= 1, "tau_probe", self.tau_probe, "None or in [0, 1]")
         _require(_is_number(self.temperature) and self.temperature > 0,
                  "temperature", self.temperature, "> 0 (use do_sample=False for greedy decoding)")
         _require(self.top_k is None or (_is_int(self.top_k) and self.top_k >= 1), "top_k",

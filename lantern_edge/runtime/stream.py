@@ -133,10 +133,8 @@ class TokenStream:
             step = seq.feed(fed, options.steps_base)                 # prefill
             prefill_seconds, prefill_session = time.perf_counter() - began, timer.seconds
             started += prefill_seconds
-            last_token = int(fed[-1])
             for count in range(1, options.max_new_tokens + 1):
-                entry = runtime.controller.decide(seq, step, last_token, options, rng, mask_seed,
-                                                  healing)
+                entry = runtime.controller.decide(seq, step, options, rng, mask_seed, healing)
                 token = entry.token_id
                 reason = ("eos" if token == eos else "max_new_tokens"
                           if count == options.max_new_tokens else "max_position"
@@ -153,7 +151,6 @@ class TokenStream:
                 yield tokens[-1]
                 started = time.perf_counter()
                 step = seq.feed(np.array([token]), options.steps_base, halting)
-                last_token = token
         finally:
             self.stop_reason = stop_reason
             result = GenerationResult(
@@ -177,7 +174,7 @@ def summarize(result: GenerationResult, num_blocks: int) -> dict:
         "tokens_per_second": n / result.seconds if result.seconds > 0 else 0.0,
         "decode_tokens_per_second": n / decode if decode > 0 else 0.0,
         "prefill_ms": result.prefill_seconds * 1e3,
-        # compute spent per token: the cheap pass plus any THINK / deepened pass
+        # compute spent per token: the cheap pass plus any THINK pass or continuation (what ran)
         "mean_iterations_per_block": (sum(sum(t.iterations) + sum(t.deep_iterations or ())
                                           for t in result.trace) / (n * num_blocks)) if n else 0.0,
         "band_counts": {b: bands.get(b, 0) for b in ("confident", "moderate", "high", "very_high")},
