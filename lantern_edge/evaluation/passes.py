@@ -59,7 +59,7 @@ def outcome_of_log_probs(log_probs: torch.Tensor, targets: torch.Tensor,
     return Outcome(top1.numpy(), (top1 == targets).numpy(), nll.numpy(), best.exp().numpy())
 
 
-def _chunks(rows: int, per_row_floats: int):
+def chunks(rows: int, per_row_floats: int):
     step = max(1, CHUNK_FLOATS // max(per_row_floats, 1))
     for start in range(0, rows, step):
         yield slice(start, min(rows, start + step))
@@ -79,7 +79,7 @@ def uniform(model: LanternModel, inputs: torch.Tensor, targets: torch.Tensor, de
     """
     cfg = model.config
     parts = []
-    for rows in _chunks(len(inputs), inputs.shape[1] * cfg.vocab_size):
+    for rows in chunks(len(inputs), inputs.shape[1] * cfg.vocab_size):
         out = model(inputs[rows], depth)
         if keep is not None:
             keep(rows, out)
@@ -100,7 +100,7 @@ def isolated_deep(model: LanternModel, inputs: torch.Tensor, targets: torch.Tens
     """
     cfg = model.config
     parts = []
-    for rows in _chunks(len(inputs), inputs.shape[1] * cfg.vocab_size):
+    for rows in chunks(len(inputs), inputs.shape[1] * cfg.vocab_size):
         _, logits, _ = solo(model, inputs[rows], cfg.steps_reasoning, think)
         parts.append(outcome_of(logits, targets[rows], cfg.think_token_id))
     return _concat(parts)
@@ -171,7 +171,7 @@ def adaptive(model: LanternModel, inputs: torch.Tensor, targets: torch.Tensor,
     cfg = model.config
     plan = layout(model, inputs, np.asarray(deep, dtype=bool), use_think)
     parts, scores = [], []
-    for rows in _chunks(len(inputs), plan.ids.shape[1] * cfg.vocab_size):
+    for rows in chunks(len(inputs), plan.ids.shape[1] * cfg.vocab_size):
         grid = plan.depth[rows][None].expand(cfg.num_blocks, -1, -1)
         if keep is None:
             logits = model(plan.ids[rows], grid).logits
@@ -201,7 +201,7 @@ def monte_carlo(model: LanternModel, inputs: torch.Tensor, targets: torch.Tensor
     length = inputs.shape[1]
     site = (cfg.num_blocks - 1, cfg.steps_base - 1)
     parts, information = [], []
-    for rows in _chunks(len(inputs), samples * length * cfg.vocab_size):
+    for rows in chunks(len(inputs), samples * length * cfg.vocab_size):
         ids = inputs[rows]
         masks = {"attn_probs": [], "attn_out": [], "mlp_out": []}
         for window in range(rows.start, rows.stop):
