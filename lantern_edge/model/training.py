@@ -415,6 +415,9 @@ def resume_config(path: str | Path, **overrides: Any) -> TrainConfig:
 
 def _check_resumable(cfg: TrainConfig, path: str | Path, ckpt: Checkpoint) -> None:
     _trainer_state_of(ckpt, path)
+    if ckpt.training.get("phases"):
+        raise ValueError(f"--resume {path}: this run is complete (its corrector/probe phases "
+                         f"ran); start a new run instead")
     model_cfg = ckpt.model_config
     for name in ("vocab_size", *MODEL_FIELDS):
         if getattr(cfg, name) != getattr(model_cfg, name):
@@ -496,9 +499,6 @@ def _train(cfg: TrainConfig, device: torch.device, resume: str | Path | None,
         tokens_seen = int(state.training.get("tokens_seen", 0))
         prior_seconds = float(state.training.get("train_seconds", 0.0))
         history = list(state.training.get("eval_history", []))
-        if state.training.get("phases"):
-            raise ValueError(f"--resume {resume}: this run is complete (its corrector/probe "
-                             f"phases ran); start a new run instead")
         logger.info("resuming %s at step %d", resume, step)
     phases: dict[str, Any] = {}            # reports of the phases after the main loop
     controller_fields: dict[str, Any] = {}  # set by the probe phase
