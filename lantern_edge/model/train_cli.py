@@ -19,6 +19,8 @@ FIELD_HELP = {
     "corpus_max_chars": "cap on characters per split (a deterministic sample of files)",
     "val_fraction": "share of files held out for validation (split by file)",
     "vocab_size": "byte-level BPE vocabulary size, special tokens included",
+    "tokenizer": "reuse this tokenizer.json (e.g. the shipped model's, so that models compare "
+                 "token for token) instead of training one",
     "max_global_tokens": "global KV slots: BOS + at most this - 1 THINK tokens per sample",
     "steps_base": "iterations per block on the cheap path",
     "steps_reasoning": "most iterations per block; depths 1..this are trained and evaluated",

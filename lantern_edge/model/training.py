@@ -51,6 +51,7 @@ class TrainConfig:
     corpus_max_chars: int | None = None   # cap per split (a deterministic sample), for quick runs
     val_fraction: float = 0.05            # share of FILES held out for validation
     vocab_size: int = 4096                # byte-level BPE, special tokens included
+    tokenizer: str | None = None          # a tokenizer.json to reuse instead of training one
     # model shape (ModelConfig fields)
     hidden_size: int = 256
     num_heads: int = 4
@@ -426,6 +427,23 @@ def _check_resumable(cfg: TrainConfig, path: str | Path, ckpt: Checkpoint) -> No
                              f"change on resume")
 
 
+def _tokenizer(cfg: TrainConfig, texts: list[str]):
+    """The run's tokenizer: cfg.tokenizer's file (so that models compare token for token),
+    or a byte-level BPE trained on the training split."""
+    if cfg.tokenizer is None:
+        return train_bpe_tokenizer(texts, cfg.vocab_size)
+    from tokenizers import Tokenizer
+    try:
+        tokenizer = Tokenizer.from_file(cfg.tokenizer)
+    except Exception as e:       # tokenizers raises its own types for missing or bad files
+        raise ValueError(f"tokenizer {cfg.tokenizer}: not a readable tokenizer.json ({e})") from e
+    if tokenizer.get_vocab_size() != cfg.vocab_size:
+        raise ValueError(f"tokenizer {cfg.tokenizer} has {tokenizer.get_vocab_size()} entries "
+                         f"but vocab_size={cfg.vocab_size}; pass --vocab-size "
+                         f"{tokenizer.get_vocab_size()}")
+    return tokenizer
+
+
 def _optimizer(model: LanternModel, cfg: TrainConfig) -> torch.optim.AdamW:
     """AdamW; weight decay on matrices and embeddings (dim >= 2), none on norms and biases."""
     decay = [p for p in model.parameters() if p.dim() >= 2]
@@ -471,7 +489,7 @@ def _train(cfg: TrainConfig, device: torch.device, resume: str | Path | None,
     if state is not None:
         tokenizer, model_cfg = Tokenizer.from_str(state.tokenizer_json), state.model_config
     else:
-        tokenizer = train_bpe_tokenizer(corpus.train, cfg.vocab_size)
+        tokenizer = _tokenizer(cfg, corpus.train)
         model_cfg = cfg.model_config(special_token_ids(tokenizer))
     train_ids = tokenize(tokenizer, corpus.train, model_cfg.eos_token_id)
     val_ids = tokenize(tokenizer, corpus.val, model_cfg.eos_token_id)

@@ -1,0 +1,73 @@
+"""Move a trained checkpoint through a channel that takes only small files, and back.
+
+    python scripts/pack_checkpoint.py pack CHECKPOINT OUTDIR [--part-mb 15]
+    python scripts/pack_checkpoint.py unpack OUTDIR CHECKPOINT
+
+`pack` writes the checkpoint without its trainer state (optimizer moments: the model, its
+controller, tokenizer and training metadata stay) as OUTDIR/model.pt.part-0, -1, ... of at most
+--part-mb MiB each, and OUTDIR/training.json (the metadata, for reading without torch).
+`unpack` joins the parts and checks the result loads.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+PART = "model.pt.part-"
+
+
+def pack(checkpoint: Path, out: Path, part_mb: float) -> list[Path]:
+    from lantern_edge.model.checkpoint import load_checkpoint, save_checkpoint
+    ckpt = load_checkpoint(checkpoint)
+    slim = out / "model.pt"
+    out.mkdir(parents=True, exist_ok=True)
+    save_checkpoint(slim, ckpt.build_model(), ckpt.controller_config, ckpt.tokenizer_json,
+                    ckpt.training, None)
+    data, size = slim.read_bytes(), int(part_mb * 2**20)
+    slim.unlink()
+    parts = []
+    for i, start in enumerate(range(0, len(data), size)):
+        parts.append(out / f"{PART}{i}")
+        parts[-1].write_bytes(data[start:start + size])
+    (out / "training.json").write_text(json.dumps(ckpt.training, indent=1, default=str) + "\n")
+    return parts
+
+
+def unpack(folder: Path, checkpoint: Path) -> Path:
+    from lantern_edge.model.checkpoint import load_checkpoint
+    parts = sorted(folder.glob(PART + "*"), key=lambda p: int(p.name.rsplit("-", 1)[1]))
+    if not parts:
+        raise ValueError(f"no {PART}N files in {folder}")
+    checkpoint.write_bytes(b"".join(p.read_bytes() for p in parts))
+    load_checkpoint(checkpoint)
+    return checkpoint
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="verb", required=True)
+    p = sub.add_parser("pack")
+    p.add_argument("checkpoint", type=Path)
+    p.add_argument("out", type=Path)
+    p.add_argument("--part-mb", type=float, default=15.0)
+    u = sub.add_parser("unpack")
+    u.add_argument("folder", type=Path)
+    u.add_argument("checkpoint", type=Path)
+    args = parser.parse_args(argv)
+    try:
+        if args.verb == "pack":
+            for part in pack(args.checkpoint, args.out, args.part_mb):
+                print(f"wrote {part} ({part.stat().st_size / 2**20:.1f} MiB)")
+        else:
+            print(f"wrote {unpack(args.folder, args.checkpoint)}")
+    except (ValueError, OSError) as e:
+        print(f"pack_checkpoint: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
