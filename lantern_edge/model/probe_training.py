@@ -163,3 +163,32 @@ def evaluate_probe(model: LanternModel, val_batches, cfg, device: torch.device,
             "tau_probe": tau, "deep_budget": cfg.deep_budget, "deep_share": float(deep.mean()),
             "mean_loss_gain_deep": float(gain[deep].mean()) if deep.any() else None,
             "mean_loss_gain_all": float(gain.mean())}
+
+
+def add_probe(checkpoint: str, output: str, **overrides) -> dict:
+    """The probe phase on an existing checkpoint (any of ours, e.g. one trained before the
+    recipe): its own corpus split and trainer settings, with `overrides` of the probe fields
+    (probe_hidden, probe_steps, deep_budget, ...). Writes `output`; returns the probe report."""
+    from tokenizers import Tokenizer
+
+    from .checkpoint import load_checkpoint, save_checkpoint
+    from .corpus import load_corpus
+    from .training import make_batch, resume_config, tokenize
+    ckpt = load_checkpoint(checkpoint)
+    cfg = resume_config(checkpoint, **{"probe_hidden": 64, **overrides})
+    corpus = load_corpus(list(cfg.corpus), cfg.val_fraction, cfg.corpus_max_chars)
+    tokenizer = Tokenizer.from_str(ckpt.tokenizer_json)
+    model_cfg = ckpt.model_config
+    ids = {split: tokenize(tokenizer, texts, model_cfg.eos_token_id)
+           for split, texts in (("train", corpus.train), ("val", corpus.val))}
+    rng, val_rng = np.random.default_rng(cfg.seed + 1), np.random.default_rng(12345)
+    val_batches = [make_batch(ids["val"], cfg, model_cfg, val_rng, think=False)
+                   for _ in range(cfg.eval_batches)]
+    model, report = run_probe_phase(
+        ckpt.build_model(), cfg, lambda: make_batch(ids["train"], cfg, model_cfg, rng, False),
+        val_batches, torch.device("cpu"))
+    controller = dataclasses.replace(ckpt.controller_config, deep_trigger="probe",
+                                     tau_probe=report["tau_probe"])
+    training = dict(ckpt.training, phases={**ckpt.training.get("phases", {}), "probe": report})
+    save_checkpoint(output, model, controller, ckpt.tokenizer_json, training, None)
+    return report
