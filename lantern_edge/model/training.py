@@ -637,7 +637,9 @@ def _train(cfg: TrainConfig, device: torch.device, resume: str | Path | None,
                         val_batches)
         if phases.get("probe"):
             controller_fields.update(deep_trigger="probe", tau_probe=phases["probe"]["tau_probe"])
-        record()
+        if phases.get("corrector"):      # the probe changes no loss: only the corrector does
+            record()
+            history[-1]["after"] = "corrector"
     meta = save(final=True)
     logger.info("saved %s after %d steps (%.0f s)", cfg.output, step, meta["train_seconds"])
     return meta
