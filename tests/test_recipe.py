@@ -16,7 +16,7 @@ from lantern_edge.model.checkpoint import load_checkpoint
 from lantern_edge.model.config import ControllerConfig
 from lantern_edge.model.counterfactual import solo
 from lantern_edge.model.train_cli import main as train_main
-from lantern_edge.model.training import PRESETS, TrainConfig
+from lantern_edge.model.training import MC_OFF, PRESETS, TrainConfig
 
 # recipe-tiny cut to seconds: every phase runs
 QUICK = dict(PRESETS["recipe-tiny"], hidden_size=32, intermediate_size=64, seq_len=32,
@@ -243,6 +243,7 @@ def test_recipe_run_writes_probe_and_tau_into_checkpoint_artifacts_and_eval(tmp_
     assert ckpt.controller_config.deep_trigger == "probe"
     assert ckpt.controller_config.tau_probe == pytest.approx(phases["probe"]["tau_probe"])
     assert not ckpt.controller_config.inject_think
+    assert ckpt.controller_config.tau_mid == ckpt.controller_config.tau_high == MC_OFF
     assert train_main(["--resume", str(out), "-q"]) == 2
     assert "this run is complete" in capsys.readouterr().err
 
@@ -267,7 +268,9 @@ def test_recipe_run_writes_probe_and_tau_into_checkpoint_artifacts_and_eval(tmp_
     assert s["delta_top1"] == pytest.approx(s["adaptive_top1"] - s["fixed_top1"])
     shipped = [p for p in results["sections"]["compute"]["points"] if p["strategy"] == "shipped"]
     assert shipped[0]["on_policy"] and shipped[0]["trigger"] == "probe"
-    assert shipped[0]["cost"] == pytest.approx(s["cost"])
+    assert shipped[0]["cost"] == pytest.approx(s["cost"]) and shipped[0]["mc_share"] == 0
+    # cycle order: a continued token costs steps_reasoning - steps_base more per block
+    assert s["cost"] == pytest.approx(2 + 2 * shipped[0]["deep_share"])
     assert "p_benefit" in results["sections"]["signals"]["fix_given_change"]["deepened"]["auroc"]
     assert "## Summary: the default controller" in (result / "EVAL.md").read_text()
     assert lantern_main(["eval", "--checkpoint", str(out), "--text", str(tmp_path / "nope.py"),

@@ -119,7 +119,7 @@ class Sweep:
                             result.nll.ravel())
         point.update(threshold=threshold, deep_share=float(deep.mean()), thinks=plan.thinks,
                      deepened=plan.deepened)
-        if joint_u is not None and threshold is not None:
+        if joint_u is not None and threshold is not None and not deep.all():
             cheap = ~deep
             point["flipped"] = float((joint_u.ravel()[cheap] >= threshold).mean())
         return point

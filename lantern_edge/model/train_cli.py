@@ -53,6 +53,7 @@ FIELD_HELP = {
     "probe_label": "positive when going deep lowers the loss by > gamma (gain), fixes the "
                    "top-1 (fix), or either",
     "probe_gamma": "loss drop in nats that labels a token positive (gain, either)",
+    "mc_refinement": "keep the MC-averaging band next to the probe trigger (true/false)",
     "deep_budget": "share of tokens the calibrated tau_probe sends deep",
     "eval_interval": "steps between validation runs and checkpoints",
     "eval_batches": "fixed validation batches per depth",

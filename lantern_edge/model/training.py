@@ -38,6 +38,7 @@ from .tokenizer import special_token_ids, train_bpe_tokenizer
 
 logger = logging.getLogger(__name__)
 IGNORE = -100                            # cross-entropy ignore_index
+MC_OFF = 1e9                             # tau_mid = tau_high beyond any U: no MC band
 MODEL_FIELDS = ("hidden_size", "num_heads", "intermediate_size", "num_blocks", "window_size",
                 "max_position", "max_global_tokens", "steps_base", "steps_reasoning", "dropout",
                 "use_halting", "recursion_order", "input_injection")
@@ -97,6 +98,7 @@ class TrainConfig:
     probe_label: str = "either"           # "gain" (loss drops > gamma), "fix" (top-1), "either"
     probe_gamma: float = 0.1              # nats
     deep_budget: float = 0.1              # share of tokens tau_probe sends deep
+    mc_refinement: bool = True            # False: with the probe trigger, no MC band
     # bookkeeping
     eval_interval: int = 200              # steps between validation runs (and checkpoints)
     eval_batches: int = 8                 # fixed validation batches per depth
@@ -177,7 +179,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 RECIPE = dict(recursion_order="cycle", input_injection=True, deep_supervision=True,
               use_halting=False, think_rate=0.0, mixed_depth_fraction=0.25,
               corrector_weight=4.0, corrector_lr_ratio=0.3, probe_label="either",
-              probe_gamma=0.1, deep_budget=0.1)
+              probe_gamma=0.1, deep_budget=0.1, mc_refinement=False)
 PRESETS["recipe-tiny"] = dict(PRESETS["tiny"], **RECIPE, corrector_steps=100, probe_hidden=32,
                               probe_steps=150)
 # the default model's GPU run (scripts/train_default_gpu.sh): ~6.2M parameters, fp32 + int8
@@ -568,6 +570,10 @@ def _train(cfg: TrainConfig, device: torch.device, resume: str | Path | None,
         controller = calibrate_thresholds(model, val_batches, device, ControllerConfig(
             inject_think=cfg.think_rate > 0 and model_cfg.think_token_id is not None,
             **controller_fields))
+        if controller.deep_trigger == "probe" and not cfg.mc_refinement:
+            # the high band (MC averaging) closed: U never reaches tau_mid, so tokens the
+            # probe keeps cheap are at most "moderate" (greedy: the cheap pass's top-1)
+            controller = dataclasses.replace(controller, tau_mid=MC_OFF, tau_high=MC_OFF)
         meta["controller_calibration"] = {"band_quantiles": list(BAND_QUANTILES),
                                           "tau": [controller.tau_low, controller.tau_mid,
                                                   controller.tau_high]}
