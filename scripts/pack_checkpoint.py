@@ -1,11 +1,12 @@
 """Move a trained checkpoint through a channel that takes only small files, and back.
 
-    python scripts/pack_checkpoint.py pack CHECKPOINT OUTDIR [--part-mb 15]
-    python scripts/pack_checkpoint.py unpack OUTDIR CHECKPOINT
+    python scripts/pack_checkpoint.py pack CHECKPOINT OUTDIR [--part-mb 15] [--name model]
+    python scripts/pack_checkpoint.py unpack OUTDIR CHECKPOINT [--name model]
 
 `pack` writes the checkpoint without its trainer state (optimizer moments: the model, its
-controller, tokenizer and training metadata stay) as OUTDIR/model.pt.part-0, -1, ... of at most
---part-mb MiB each, and OUTDIR/training.json (the metadata, for reading without torch).
+controller, tokenizer and training metadata stay) as OUTDIR/NAME.pt.part-0, -1, ... of at most
+--part-mb MiB each, and for NAME "model" OUTDIR/training.json (the metadata, readable without
+torch).
 `unpack` joins the parts and checks the result loads.
 """
 
@@ -16,13 +17,13 @@ import json
 import sys
 from pathlib import Path
 
-PART = "model.pt.part-"
+PART = ".pt.part-"
 
 
-def pack(checkpoint: Path, out: Path, part_mb: float) -> list[Path]:
+def pack(checkpoint: Path, out: Path, part_mb: float, name: str = "model") -> list[Path]:
     from lantern_edge.model.checkpoint import load_checkpoint, save_checkpoint
     ckpt = load_checkpoint(checkpoint)
-    slim = out / "model.pt"
+    slim = out / f"{name}.pt"
     out.mkdir(parents=True, exist_ok=True)
     save_checkpoint(slim, ckpt.build_model(), ckpt.controller_config, ckpt.tokenizer_json,
                     ckpt.training, None)
@@ -30,17 +31,19 @@ def pack(checkpoint: Path, out: Path, part_mb: float) -> list[Path]:
     slim.unlink()
     parts = []
     for i, start in enumerate(range(0, len(data), size)):
-        parts.append(out / f"{PART}{i}")
+        parts.append(out / f"{name}{PART}{i}")
         parts[-1].write_bytes(data[start:start + size])
-    (out / "training.json").write_text(json.dumps(ckpt.training, indent=1, default=str) + "\n")
+    if name == "model":
+        (out / "training.json").write_text(json.dumps(ckpt.training, indent=1, default=str)
+                                           + "\n")
     return parts
 
 
-def unpack(folder: Path, checkpoint: Path) -> Path:
+def unpack(folder: Path, checkpoint: Path, name: str = "model") -> Path:
     from lantern_edge.model.checkpoint import load_checkpoint
-    parts = sorted(folder.glob(PART + "*"), key=lambda p: int(p.name.rsplit("-", 1)[1]))
+    parts = sorted(folder.glob(f"{name}{PART}*"), key=lambda p: int(p.name.rsplit("-", 1)[1]))
     if not parts:
-        raise ValueError(f"no {PART}N files in {folder}")
+        raise ValueError(f"no {name}{PART}N files in {folder}")
     checkpoint.write_bytes(b"".join(p.read_bytes() for p in parts))
     load_checkpoint(checkpoint)
     return checkpoint
@@ -53,16 +56,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("checkpoint", type=Path)
     p.add_argument("out", type=Path)
     p.add_argument("--part-mb", type=float, default=15.0)
+    p.add_argument("--name", default="model", help="file name stem of the parts")
     u = sub.add_parser("unpack")
     u.add_argument("folder", type=Path)
     u.add_argument("checkpoint", type=Path)
+    u.add_argument("--name", default="model")
     args = parser.parse_args(argv)
     try:
         if args.verb == "pack":
-            for part in pack(args.checkpoint, args.out, args.part_mb):
+            for part in pack(args.checkpoint, args.out, args.part_mb, args.name):
                 print(f"wrote {part} ({part.stat().st_size / 2**20:.1f} MiB)")
         else:
-            print(f"wrote {unpack(args.folder, args.checkpoint)}")
+            print(f"wrote {unpack(args.folder, args.checkpoint, args.name)}")
     except (ValueError, OSError) as e:
         print(f"pack_checkpoint: {e}", file=sys.stderr)
         return 2
