@@ -20,13 +20,17 @@ from pathlib import Path
 PART = ".pt.part-"
 
 
-def pack(checkpoint: Path, out: Path, part_mb: float, name: str = "model") -> list[Path]:
+def pack(checkpoint: Path, out: Path, part_mb: float, name: str = "model",
+         half: bool = False) -> list[Path]:
     from lantern_edge.model.checkpoint import load_checkpoint, save_checkpoint
     ckpt = load_checkpoint(checkpoint)
     slim = out / f"{name}.pt"
     out.mkdir(parents=True, exist_ok=True)
-    save_checkpoint(slim, ckpt.build_model(), ckpt.controller_config, ckpt.tokenizer_json,
-                    ckpt.training, None)
+    model = ckpt.build_model()
+    if half:      # fp16 storage (half the bytes); loading casts back to fp32
+        model = model.half()
+    save_checkpoint(slim, model, ckpt.controller_config, ckpt.tokenizer_json, ckpt.training,
+                    None)
     data, size = slim.read_bytes(), int(part_mb * 2**20)
     slim.unlink()
     parts = []
@@ -57,6 +61,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("out", type=Path)
     p.add_argument("--part-mb", type=float, default=15.0)
     p.add_argument("--name", default="model", help="file name stem of the parts")
+    p.add_argument("--half", action="store_true",
+                   help="store the weights in fp16 (for checkpoints that are only evaluated)")
     u = sub.add_parser("unpack")
     u.add_argument("folder", type=Path)
     u.add_argument("checkpoint", type=Path)
@@ -64,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         if args.verb == "pack":
-            for part in pack(args.checkpoint, args.out, args.part_mb, args.name):
+            for part in pack(args.checkpoint, args.out, args.part_mb, args.name, args.half):
                 print(f"wrote {part} ({part.stat().st_size / 2**20:.1f} MiB)")
         else:
             print(f"wrote {unpack(args.folder, args.checkpoint, args.name)}")

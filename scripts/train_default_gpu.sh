@@ -4,8 +4,9 @@
 # size checks) and, with the time left, the eval. The equal-training-compute control (the same
 # recipe at one fixed depth) trains beside it on the same device for the same wall time. What
 # must come back goes under $OUT, at most 8 files of at most 16 MiB: the checkpoints in parts
-# (model.pt.part-N and control.pt.part-N; rejoin with `python scripts/pack_checkpoint.py unpack
-# DIR model.pt [--name control]`), training.json, run.log, train.log and eval.json.
+# (model.pt.part-N; main.pt.part-0, the model before the corrector and probe phases, and
+# control.pt.part-0, both stored in fp16; rejoin with `python scripts/pack_checkpoint.py unpack
+# DIR model.pt [--name main|control]`), training.json, run.log, train.log and eval.json.
 #
 #   OUT=/tmp/out scripts/train_default_gpu.sh [extra lantern-edge train flags]
 #
@@ -63,7 +64,7 @@ fi
 log "train --preset $PRESET ${corpus_flags[*]} --tokenizer $TOKENIZER (vocab $vocab) $*"
 # tqdm redraws with carriage returns: keep the log to whole lines, without the bar
 if ! $PY -m lantern_edge.model.train_cli --preset "$PRESET" "${common[@]}" \
-      -o "$WORK/model.pt" "$@" 2>&1 \
+      -o "$WORK/model.pt" --main-output "$WORK/main.pt" "$@" 2>&1 \
       | tr '\r' '\n' | grep --line-buffered -v '%|' > "$OUT/train.log"; then
   log "training failed:"; tail -5 "$OUT/train.log" | tee -a "$OUT/run.log"; exit 1
 fi
@@ -71,6 +72,8 @@ tail -1 "$OUT/train.log" | tee -a "$OUT/run.log"
 
 log "pack the checkpoint"
 $PY scripts/pack_checkpoint.py pack "$WORK/model.pt" "$OUT" | tee -a "$OUT/run.log"
+# the model before the corrector and probe phases (fp16: it is only evaluated), to ablate them
+[ -f "$WORK/main.pt" ] && $PY scripts/pack_checkpoint.py pack "$WORK/main.pt" "$OUT" --name main --half | tee -a "$OUT/run.log"
 
 log "export + quantize (parity-checked)"
 if $PY scripts/build_default_model.py "$WORK/model.pt" --out "$WORK/artifacts" > "$WORK/build.log" 2>&1; then
@@ -82,7 +85,7 @@ fi
 if [ -n "$CONTROL_PRESET" ]; then
   if wait "$control_pid"; then
     tail -1 "$WORK/control.log" | tee -a "$OUT/run.log"
-    $PY scripts/pack_checkpoint.py pack "$WORK/control.pt" "$OUT" --name control | tee -a "$OUT/run.log"
+    $PY scripts/pack_checkpoint.py pack "$WORK/control.pt" "$OUT" --name control --half | tee -a "$OUT/run.log"
   else
     log "control failed:"; tail -3 "$WORK/control.log" | tee -a "$OUT/run.log"
   fi

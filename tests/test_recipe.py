@@ -234,8 +234,10 @@ def test_recipe_run_writes_probe_and_tau_into_checkpoint_artifacts_and_eval(tmp_
     for name, value in QUICK.items():
         if name not in PRESETS["recipe-tiny"] or PRESETS["recipe-tiny"][name] != value:
             args += ["--" + name.replace("_", "-"), str(value)]
-    assert train_main(args) == 0
+    assert train_main(args + ["--main-output", str(tmp_path / "main.pt")]) == 0
     ckpt = load_checkpoint(out)
+    main = load_checkpoint(tmp_path / "main.pt")          # before the phases: no probe
+    assert main.model_config.depth_probe_hidden == 0 and main.training["steps"] == 12
     phases = ckpt.training["phases"]
     assert phases["corrector"]["steps"] == 4 and phases["probe"]["steps"] == 6
     assert ckpt.model_config.depth_probe_hidden == 8

@@ -53,6 +53,8 @@ FIELD_HELP = {
     "probe_label": "positive when going deep lowers the loss by > gamma (gain), fixes the "
                    "top-1 (fix), or either",
     "probe_gamma": "loss drop in nats that labels a token positive (gain, either)",
+    "main_output": "also keep the checkpoint as the main loop left it (before the corrector "
+                   "and probe phases) at this path",
     "mc_refinement": "keep the MC-averaging band next to the probe trigger (true/false)",
     "deep_budget": "share of tokens the calibrated tau_probe sends deep",
     "eval_interval": "steps between validation runs and checkpoints",

@@ -19,6 +19,7 @@ import contextlib
 import dataclasses
 import logging
 import math
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -99,6 +100,7 @@ class TrainConfig:
     probe_gamma: float = 0.1              # nats
     deep_budget: float = 0.1              # share of tokens tau_probe sends deep
     mc_refinement: bool = True            # False: with the probe trigger, no MC band
+    main_output: str | None = None        # also keep the checkpoint before the phases here
     # bookkeeping
     eval_interval: int = 200              # steps between validation runs (and checkpoints)
     eval_batches: int = 8                 # fixed validation batches per depth
@@ -639,6 +641,9 @@ def _train(cfg: TrainConfig, device: torch.device, resume: str | Path | None,
         record()
     stopped = step < cfg.max_steps and not (cfg.max_minutes and loop_seconds >= 60 * cfg.max_minutes)
     if not stopped:
+        if cfg.main_output and (cfg.corrector_steps or cfg.probe_hidden):
+            save(final=False)              # the main loop's model, for ablating the phases
+            shutil.copyfile(cfg.output, cfg.main_output)
         model = _phases(model, cfg, phases, train_ids, model_cfg, rng, device, autocast,
                         val_batches)
         if phases.get("probe"):
