@@ -188,15 +188,15 @@ PRESETS["recipe-tiny"] = dict(PRESETS["tiny"], **RECIPE, corrector_steps=100, pr
 # artifacts about 32 MB; the wall-time budgets, not the step counts, end each phase
 PRESETS["recipe"] = dict(PRESETS["small"], **RECIPE, hidden_size=384, num_heads=6,
                          intermediate_size=1024, max_position=2048, batch_size=128,
-                         max_steps=20000, warmup_steps=200, max_minutes=4.5, dtype="bf16",
+                         max_steps=20000, warmup_steps=200, max_minutes=4.0, dtype="bf16",
                          eval_interval=500, eval_batches=16, corrector_steps=2000,
                          corrector_minutes=1.0, probe_hidden=64, probe_steps=1500,
                          probe_minutes=0.5, threads=4)
 # the equal-training-compute control: the same recipe at one fixed depth, for the wall time of
-# the recipe's three phases (4.5 + 1.0 + 0.5 minutes); nothing to correct or route
+# the recipe's three phases (4.0 + 1.0 + 0.5 minutes); nothing to correct or route
 PRESETS["recipe-control"] = dict(PRESETS["recipe"], steps_base=3, steps_reasoning=3,
                                  mixed_depth_fraction=0.0, corrector_steps=0, probe_hidden=0,
-                                 max_minutes=6.0)
+                                 max_minutes=5.5)
 
 
 def resolve_device(name: str) -> torch.device:
