@@ -99,8 +99,9 @@ def run_worker(job: dict, timeout: float) -> dict:
 
 
 def measure(rows: list[dict], tokens: list[int], threads: list[int], rounds: int,
-            timeout: float) -> None:
-    """Fill each row's results[(tokens, threads)] with the tok/s of every round, in place."""
+            timeout: float, save: Path | None = None) -> None:
+    """Fill each row's results[(tokens, threads)] with the tok/s of every round, in place;
+    after each round the raw numbers so far go to `save` (a long run keeps what it measured)."""
     runnable = [(row, t) for row in rows if not row.get("error") for t in threads]
     for r in range(rounds):
         shift = r % max(len(runnable), 1)              # a different first configuration per round
@@ -114,6 +115,11 @@ def measure(rows: list[dict], tokens: list[int], threads: list[int], rounds: int
                 row.setdefault("results", {}).setdefault((int(n), t), []).append(rate)
         print(f"round {r + 1}/{rounds} done, load average {os.getloadavg()[0]:.2f}",
               file=sys.stderr, flush=True)
+        if save:
+            save.write_text(json.dumps([
+                {**{k: v for k, v in row.items() if k != "results"},
+                 "results": {f"{n}x{t}": v for (n, t), v in row.get("results", {}).items()}}
+                for row in rows], indent=1))
 
 
 def table(rows: list[dict], tokens: list[int], threads: list[int]) -> str:
@@ -147,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--gguf-converter", help="llama.cpp's convert_hf_to_gguf.py (the "
                         "llama-cpp-python sdist has it under vendor/llama.cpp)")
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds per worker")
-    parser.add_argument("--json", type=Path, help="also write the raw tok/s per round here")
+    parser.add_argument("--json", type=Path, help="also write the raw tok/s here, after every round")
     args = parser.parse_args(argv)
     if args.rounds < 1 or min(args.tokens) < 2 or min(args.threads) < 1:
         print("peers: --rounds >= 1, --tokens >= 2 and --threads >= 1, please", file=sys.stderr)
@@ -157,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     prepared, error = prepare(args.work, args.gguf_converter)
     rows = configurations(prepared, error)
     load_before, began = os.getloadavg(), time.time()
-    measure(rows, args.tokens, args.threads, args.rounds, args.timeout)
+    measure(rows, args.tokens, args.threads, args.rounds, args.timeout, args.json)
     load_after = os.getloadavg()
     print(f"Decode tok/s, best / median of {args.rounds} interleaved rounds, one fresh process "
           f"per configuration and round; greedy, 16-token prompt, prefill excluded. "
@@ -165,10 +171,6 @@ def main(argv: list[str] | None = None) -> int:
           f"load average (1/5/15 min) {'/'.join(f'{x:.1f}' for x in load_before)} before, "
           f"{'/'.join(f'{x:.1f}' for x in load_after)} after; {time.time() - began:.0f} s.\n")
     print(table(rows, args.tokens, args.threads))
-    if args.json:
-        args.json.write_text(json.dumps([{**{k: v for k, v in row.items() if k != "results"},
-                                          "results": {f"{n}x{t}": v for (n, t), v in row.get("results", {}).items()}}
-                                         for row in rows], indent=1))
     return 0
 
 
