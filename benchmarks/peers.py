@@ -130,9 +130,9 @@ def table(rows: list[dict], tokens: list[int], threads: list[int]) -> str:
     notes = []
     for row in rows:
         name = row["name"] + (f" ({row['version']})" if row.get("version") else "")
-        if row.get("error"):
-            lines.append(f"| {name} | " + " | ".join("–" for _ in columns) + " |")
-            notes.append(f"- {row['name']}: {row['error']}")
+        if row.get("error"):                 # the row itself says why it was not run
+            reason = row["error"].replace("|", "/")
+            lines.append(f"| {name} | not run: {reason} |" + " – |" * (len(columns) - 1))
             continue
         cells = []
         for key in columns:
