@@ -35,9 +35,14 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 
 
+HINTS = {"llama_cpp": " (no wheels on PyPI: pip builds llama-cpp-python from source, which needs "
+                      "cmake and a C++ compiler and takes ~10 min on 2 cores)"}
+
+
 def _missing(*modules: str) -> str | None:
     absent = [m for m in modules if importlib.util.find_spec(m) is None]
-    return f"not installed ({', '.join(absent)}): pip install -e \".[peers]\"" if absent else None
+    hints = "".join(HINTS.get(m, "") for m in absent)
+    return f"not installed ({', '.join(absent)}): pip install -e \".[peers]\"{hints}" if absent else None
 
 
 def configurations(prepared: dict | None, prepare_error: str | None) -> list[dict]:
