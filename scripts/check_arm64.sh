@@ -22,6 +22,9 @@ TESTS="tests/test_default_model.py tests/test_runtime_units.py tests/test_tokeni
 mkdir -p "$WORK" && WORK=$(cd "$WORK" && pwd)
 ROOT=$WORK/aarch64-root          # Debian's arm64 python, unpacked
 X86=$WORK/x86-venv ARM=$WORK/arm-venv OUT=$WORK/out
+# Debian's own python3 on both sides (a pyenv or venv python3 first on PATH may be a version
+# Debian has no arm64 package for)
+HOSTPY=/usr/bin/python3
 export DEBIAN_FRONTEND=noninteractive PIP_DISABLE_PIP_VERSION_CHECK=1
 export QEMU_LD_PREFIX=$ROOT      # where emulated binaries find ld-linux-aarch64 and libc
 SUMMARY=() FAILED=0 STOP=0
@@ -68,7 +71,7 @@ binfmt() {               # aarch64 ELF files run through qemu, so venvs, pip and
 }
 
 arm_python() {           # the host's Python minor version, from Debian's arm64 packages
-    local v; v=$(python3 -c 'import sys; print(f"{sys.version_info[0]}.{sys.version_info[1]}")')
+    local v; v=$("$HOSTPY" -c 'import sys; print(f"{sys.version_info[0]}.{sys.version_info[1]}")')
     mkdir -p "$WORK/debs" && cd "$WORK/debs"
     # the interpreter's runtime dependencies (Debian 12 names); unpacked, no maintainer scripts
     apt-get download -qq "python$v-minimal:arm64" "python$v:arm64" "libpython$v-minimal:arm64" \
@@ -83,7 +86,7 @@ arm_python() {           # the host's Python minor version, from Debian's arm64 
 }
 
 x86_env() {              # the x86 reference: a venv with the runtime dependencies only, no torch
-    rm -rf "$X86" && python3 -m venv "$X86"
+    rm -rf "$X86" && "$HOSTPY" -m venv "$X86"
     "$X86/bin/pip" install -q --upgrade pip
     "$X86/bin/pip" install -q numpy onnxruntime tokenizers pytest
     # the repository as a wheel, built from a copy of its tracked files (nothing written in it)
