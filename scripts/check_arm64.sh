@@ -35,7 +35,7 @@ step() {
     local name=$1 kind=$2 fn=$3 began=$SECONDS rc=0
     if [ "$STOP" = 1 ]; then SUMMARY+=("SKIP  $name"); return; fi
     echo "=== $name"
-    ( set -e; "$fn" ) || rc=$?
+    ( set -e; "$fn" ); rc=$?      # not `|| rc=`: that would switch set -e off inside
     local took=$((SECONDS - began))
     if [ "$rc" = 0 ]; then SUMMARY+=("PASS  $name (${took}s)")
     else
