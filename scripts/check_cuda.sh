@@ -58,6 +58,11 @@ import numpy as np, onnxruntime as ort
 print("onnxruntime", ort.__version__, "from", ort.__file__)
 print("providers", ort.get_available_providers())
 assert "CUDAExecutionProvider" in ort.get_available_providers(), "no CUDA execution provider"
+# listed is not loaded: without its CUDA / cuDNN libraries ORT falls back to CPU with a warning
+session = ort.InferenceSession("lantern_edge/default_model/embed.onnx",
+                               providers=["CUDAExecutionProvider"])
+assert session.get_providers()[0] == "CUDAExecutionProvider", f"CUDA did not load: {session.get_providers()}"
+print("a session on CUDA: ok")
 EOF
 echo "=== pytest -m cuda"
 out=$("$PY" -m pytest -q -p no:cacheprovider -m cuda -rs tests 2>&1); rc=$?
