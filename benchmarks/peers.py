@@ -89,7 +89,8 @@ def cpu_name() -> str:
 
 
 def run_worker(job: dict, timeout: float) -> dict:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+    path = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
+    env = {**os.environ, "PYTHONPATH": path,
            "OMP_NUM_THREADS": str(job["threads"]), "TOKENIZERS_PARALLELISM": "false"}
     try:
         done = subprocess.run([sys.executable, str(HERE / "peers_worker.py")], input=json.dumps(job),
