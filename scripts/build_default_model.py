@@ -3,8 +3,10 @@
     python scripts/build_default_model.py CHECKPOINT [--out lantern_edge/default_model]
 
 Exports fp32 graphs (parity-checked), quantizes them (dynamic INT8, quality report), and writes
-MODEL_CARD.md with the training facts plus the notes below. The checkpoint itself is not
-shipped (its weights are the fp32 graphs'); it is reproduced by the two commands in NOTES.
+MODEL_CARD.md with the training facts plus notes: RECIPE_NOTES for a checkpoint trained with the
+recipe (its metadata has the corrector/probe phases; docs/TRAINING_RECIPE.md), NOTES for the
+earlier stdlib model. The checkpoint itself is not shipped (its weights are the fp32 graphs');
+the commands in the notes reproduce it. Fails when fp32 + int8 exceed 40 MB.
 """
 
 from __future__ import annotations
@@ -56,6 +58,32 @@ a step-based cosine over 3370 steps (hours on a GPU, days on 2 CPU cores).
 - Positions beyond 3072 do not exist: generation stops there (`stop_reason="max_position"`).
 """
 
+RECIPE_NOTES = """\
+## How this model was made
+
+The training recipe of docs/TRAINING_RECIPE.md, in one accelerator call (one H200, bf16):
+cycle-order recursion with input injection, deep supervision (a loss at every depth's exit,
+weights rising with depth), no THINK and no halting heads, then the error-corrector phase
+(the deep continuation's loss up-weighted where the cheap pass is wrong) and the probe phase
+(the depth probe trained on the frozen model, on-policy labels, tau_probe calibrated to the
+deep budget; the controller sends a token deep when p_benefit >= tau_probe). Corpus: the
+standard library plus the installed dependency closure of lantern-edge[export,dev]
+(`lantern-edge corpus --offline-corpus closure -o runs/closure-corpus`), tokenized with the
+earlier default model's tokenizer so that both compare token for token.
+
+```
+lantern-edge corpus --offline-corpus closure -o runs/closure-corpus
+tar -czf runs/closure-corpus.tar.gz -C runs closure-corpus
+OUT=out scripts/train_default_gpu.sh            # trains, packs the checkpoint into out/
+python scripts/pack_checkpoint.py unpack out model.pt
+python scripts/build_default_model.py model.pt
+```
+
+The phases' reports (corrector losses, the probe's AUROC and tau_probe) are in the checkpoint's
+training metadata; `lantern-edge eval` measures the rest.
+"""
+LIMIT_MB = 40.0
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -66,10 +94,15 @@ def main(argv: list[str] | None = None) -> int:
     export_checkpoint(args.checkpoint, out, force=True, progress=print)
     quantize_artifacts(out, force=True, progress=print)
     manifest = read_manifest(out)
-    write_model_card(out, manifest, NOTES)
+    recipe = bool((manifest.get("training") or {}).get("phases"))
+    write_model_card(out, manifest, RECIPE_NOTES if recipe else NOTES)
     write_manifest(out, manifest)
     total = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
-    print(f"wrote {out}: {total / 1e6:.2f} MB")
+    print(f"wrote {out}: {total / 1e6:.2f} MB (fp32 + int8; limit {LIMIT_MB:.0f} MB)")
+    if total / 1e6 > LIMIT_MB:
+        print(f"build_default_model: {total / 1e6:.2f} MB is over the {LIMIT_MB:.0f} MB limit; "
+              f"train a smaller preset", file=sys.stderr)
+        return 2
     return 0
 
 

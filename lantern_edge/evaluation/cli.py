@@ -34,9 +34,11 @@ METHOD = (
     "buffer is full: the logits of a re-run at the cost of a continuation); MC averaging "
     "re-runs the last block's last cheap iteration with the runtime's dropout-mask recipe.",
     "Each held-out window is one generation: its global buffer starts empty.",
-    "Adaptive points run one joint pass in which later tokens see the deep tokens' KV; which "
-    "tokens go deep is decided from the cheap pass over an all-cheap context (\"flipped\" "
-    "measures how many decisions the real context would change). Halting is off, as the "
+    "Adaptive points run one joint pass in which later tokens see the deep tokens' KV. The "
+    "sweep's strategies decide from the cheap pass over an all-cheap context (\"flipped\" "
+    "measures how many decisions the real context would change); the checkpoint's own "
+    "controller decides on-policy, from the context its earlier decisions left (a fixed "
+    "point, exact), when the deep action continues the token. Halting is off, as the "
     "runtime's default.",
 )
 
@@ -70,14 +72,17 @@ def build_parser() -> argparse.ArgumentParser:
                         help="retrieval examples per distance and condition")
     parser.add_argument("--corpus", nargs="+", default=None, metavar="DIR|FILE",
                         help="held-out source (default: the checkpoint's own validation split)")
+    parser.add_argument("--text", nargs="+", default=None, metavar="FILE",
+                        help="evaluate on these text files, whole (e.g. a package outside "
+                             "the training corpus) instead of a validation split (default: none)")
     parser.add_argument("--seed", type=int, default=0,
                         help="seed of dropout masks, random allocation, bootstrap, retrieval")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch CPU threads (one is fastest for small models on a busy machine)")
     parser.add_argument("--no-think", action="store_true",
-                        help="in the accuracy-vs-compute sweep the very-high action continues "
-                             "the token deep instead of injecting THINK (the runtime's "
-                             "inject_think=False)")
+                        help="the very-high action continues the token deep instead of "
+                             "injecting THINK (the runtime's inject_think=False; the default "
+                             "for checkpoints whose controller has inject_think false)")
     parser.add_argument("--no-figures", action="store_true", help="write no PNGs")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
     return parser
@@ -113,6 +118,8 @@ def _check(parser: argparse.ArgumentParser, args) -> None:
             parser.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     if args.mc_samples is not None and args.mc_samples < 2:
         parser.error(f"--mc-samples must be >= 2, got {args.mc_samples}")
+    if args.text and args.corpus:
+        parser.error("--text and --corpus both choose the held-out text; give one")
     if args.fractions and not all(0 < f <= 1 for f in args.fractions):
         parser.error(f"--fractions must lie in (0, 1], got {args.fractions}")
 
@@ -132,18 +139,23 @@ def run(args) -> list[Path]:
     evaluated = heldout.load_evaluated(args.checkpoint)
     cfg, controller = evaluated.config, evaluated.controller
     mc_samples = args.mc_samples or controller.mc_samples
+    # the runtime's very-high action: THINK when the checkpoint's controller says so
+    inject_think = controller.inject_think and not args.no_think
     length = args.seq_len or heldout.default_window_length(evaluated)
     wanted = [FIGURES[args.figure]] if args.figure else list(SECTIONS)
     progress(f"{evaluated.path}: {evaluated.model.num_parameters():,} parameters; sections "
              f"{', '.join(wanted)}")
-    stream, info = heldout.heldout_stream(evaluated, args.corpus)
+    if args.text:
+        stream, info = heldout.text_stream(evaluated, args.text)
+    else:
+        stream, info = heldout.heldout_stream(evaluated, args.corpus)
     windows = heldout.make_windows(stream, info, cfg, args.tokens, length)
     run_info = {
         "checkpoint": str(args.checkpoint or evaluated.path), "sha256": evaluated.sha256,
         "flags": _flags(args),
         "model": {**cfg.to_dict(), "parameters": evaluated.model.num_parameters()},
         "controller": controller.to_dict(), "heldout": windows.description,
-        "mc_samples": mc_samples, "seed": args.seed, "inject_think": not args.no_think,
+        "mc_samples": mc_samples, "seed": args.seed, "inject_think": inject_think,
         "method": list(METHOD)}
     out = Path(args.output)
     results = _previous(out / "eval.json", run_info) if args.figure else None
@@ -163,7 +175,7 @@ def run(args) -> list[Path]:
             section = quality.signal_quality(columns, cfg.steps_base)
         elif name == "compute":
             sweep = compute.Sweep(evaluated.model, controller, windows.inputs, windows.targets,
-                                  columns, mc_samples, args.seed, inject_think=not args.no_think)
+                                  columns, mc_samples, args.seed, inject_think=inject_think)
             fractions = args.fractions or compute.default_fractions(
                 cfg.steps_base, cfg.steps_reasoning, sweep.extra)
             section = compute.accuracy_vs_compute(sweep, sorted(set(fractions)), progress)
@@ -175,13 +187,15 @@ def run(args) -> list[Path]:
             section = retrieval.retrieval(evaluated.model, evaluated.tokenizer_json, stream,
                                           args.retrieval_examples, args.seed, progress)
         results["sections"][name] = section
+        if name == "compute":
+            results.setdefault("summary", {})["adaptive_vs_fixed"] = section["adaptive_vs_fixed"]
         results["seconds"][name] = time.perf_counter() - section_start
     return _write(out, results, args, wanted)
 
 
 # flags that change the numbers, as typed on a command line that reproduces them
 RESULT_FLAGS = ("checkpoint", "output", "tokens", "seq_len", "mc_samples", "fractions",
-                "retrieval_examples", "corpus", "seed", "no_think")
+                "retrieval_examples", "corpus", "text", "seed", "no_think")
 
 
 def _flags(args) -> str:

@@ -24,7 +24,7 @@ import torch
 from ..model.config import ControllerConfig, ModelConfig
 from ..model.modeling import LanternModel
 from ..model.uncertainty import UncertaintyHead
-from . import passes
+from . import gains, onpolicy, passes
 from .metrics import cluster_bootstrap_ci
 from .signals import controller_weights, deep_action
 
@@ -74,12 +74,11 @@ def choose_deep(strategy: str, fraction: float, columns: dict[str, np.ndarray],
 
 
 def shipped_bands(columns: dict[str, np.ndarray], controller: ControllerConfig) -> dict[str, np.ndarray]:
-    """The runtime controller's decisions with the checkpoint's thresholds (greedy decoding:
-    the moderate band's lower temperature does not change the top-1)."""
-    u = columns["composite"]
-    high = (u >= controller.tau_mid) & (u < controller.tau_high)
-    escalated = high & (columns["u_total"] >= controller.tau_high)
-    return {"mc": high & ~escalated, "mc_run": high, "deep": (u >= controller.tau_high) | escalated}
+    """The runtime controller's decisions with the checkpoint's thresholds and trigger, from
+    the all-cheap context (greedy decoding: the moderate band's lower temperature does not
+    change the top-1)."""
+    signals = {"u": columns["composite"], "p_benefit": columns.get("p_benefit")}
+    return onpolicy.bands(signals, columns["u_total"], controller)
 
 
 class Sweep:
@@ -120,7 +119,7 @@ class Sweep:
                             result.nll.ravel())
         point.update(threshold=threshold, deep_share=float(deep.mean()), thinks=plan.thinks,
                      deepened=plan.deepened)
-        if joint_u is not None and threshold is not None:
+        if joint_u is not None and threshold is not None and not deep.all():
             cheap = ~deep
             point["flipped"] = float((joint_u.ravel()[cheap] >= threshold).mean())
         return point
@@ -136,18 +135,32 @@ class Sweep:
         return point
 
     def shipped(self) -> dict:
-        """The four-band controller with the checkpoint's calibrated thresholds."""
-        bands = shipped_bands(self.columns, self.controller)
+        """The checkpoint's own controller (deep_trigger, thresholds), its decisions made
+        on-policy (onpolicy.decide) when the deep action continues the token; with THINK
+        injection from the all-cheap context (inserted tokens shift every later position)."""
+        if self.action == "deepened":
+            decision = onpolicy.decide(self.model, self.controller, self.inputs,
+                                       self.columns["mutual_information"].reshape(
+                                           self.targets.shape))
+            bands = {k: decision[k].ravel() for k in ("deep", "mc", "escalated")}
+            policy = {"on_policy": True, "rounds": decision["rounds"],
+                      "converged": decision["converged"],
+                      "changed_after_first": decision["changed_after_first"]}
+        else:
+            bands = shipped_bands(self.columns, self.controller)
+            policy = {"on_policy": False}
+        mc_run = bands["mc"] | bands["escalated"]
         result, plan, _ = passes.adaptive(self.model, self.inputs, self.targets,
                                           bands["deep"].reshape(self.targets.shape),
                                           self.action == "think")
         correct = np.where(bands["mc"], self.columns["correct_mc"], result.correct.ravel())
         nll = np.where(bands["mc"], self.columns["nll_mc"], result.nll.ravel())
-        cost = self._cost(plan) + bands["mc_run"].mean() * self.mc_samples / self.blocks
+        cost = self._cost(plan) + mc_run.mean() * self.mc_samples / self.blocks
         point = self._point("shipped", "checkpoint thresholds", cost, correct, nll)
         point.update(threshold=self.controller.tau_high, deep_share=float(bands["deep"].mean()),
                      mc_share=float(bands["mc"].mean()), thinks=plan.thinks,
-                     deepened=plan.deepened)
+                     deepened=plan.deepened, trigger=self.controller.deep_trigger, **policy)
+        self.shipped_outcome = (bands["deep"], correct, nll, point["cost"])
         return point
 
     def _cost(self, plan: passes.Layout) -> float:
@@ -200,7 +213,14 @@ def accuracy_vs_compute(sweep: Sweep, fractions: list[float], progress=lambda m:
             comparisons.append({"share": fraction, "cost": depth, "versus": list(other),
                                 "difference": mean, "low": low, "high": high,
                                 "verdict": verdict(low, high)})
-    return {"fractions": fractions, "points": points, "comparisons": comparisons,
+    deep, correct, nll, cost = sweep.shipped_outcome
+    columns = sweep.columns
+    summary = gains.adaptive_vs_fixed(cost, correct, nll, columns, sweep.top, sweep.seed)
+    decomposition = gains.decomposition(deep, sweep.base_correct, columns["top1_base"],
+                                        columns[f"top1_{sweep.action}"],
+                                        columns[f"correct_{sweep.action}"])
+    return {"adaptive_vs_fixed": summary, "decomposition": decomposition,
+            "fractions": fractions, "points": points, "comparisons": comparisons,
             "helped_share": float(sweep.helped.mean()), "deep_action": sweep.action,
             "steps_base": sweep.base, "steps_reasoning": sweep.top}
 

@@ -123,6 +123,34 @@ def heldout_stream(evaluated: Evaluated, corpus: list[str] | None = None) -> tup
     return stream, info
 
 
+def text_stream(evaluated: Evaluated, files: list[str]) -> tuple[np.ndarray, dict]:
+    """Every given text file, whole (no split: text the model never trained on), as one id
+    stream joined by EOS.
+
+    Raises:
+        ValueError: a missing, unreadable or empty file.
+    """
+    from tokenizers import Tokenizer
+    texts = []
+    for name in files:
+        path = Path(name)
+        if not path.is_file():
+            raise ValueError(f"--text {name}: not a file; pass text files (e.g. a package's "
+                             f".py files)")
+        try:
+            texts.append(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError) as e:
+            raise ValueError(f"--text {name}: cannot be read as UTF-8 text ({e})") from e
+    if not any(t.strip() for t in texts):
+        raise ValueError("--text: the files hold no text")
+    eos = evaluated.config.eos_token_id
+    if eos is None:
+        raise CheckpointError(f"{evaluated.path} has no EOS token to join the text files")
+    stream = tokenize(Tokenizer.from_str(evaluated.tokenizer_json), texts, eos)
+    return stream, {"source": f"{len(files)} text file(s) given with --text", "split": "all",
+                    "files": len(files), "stream_tokens": int(len(stream))}
+
+
 def _stdlib_instead(evaluated: Evaluated, sources: list[str]) -> tuple[list[str], float, str]:
     """The standard library's split when the checkpoint's corpus was prepared from it (with
     `lantern-edge corpus -o DIR`) and DIR is not on this machine: the split is a hash of each

@@ -1,8 +1,8 @@
 """Teacher-forced forward passes of the reference model that emulate the runtime's decisions.
 
 - `uniform`: the fixed-depth model (model.forward at one depth).
-- `capture`: records each (block, iteration)'s keys, values and queries during model.forward,
-  by wrapping Block.finish for the duration (the model's own code runs, nothing is copied).
+- `capture` (model.counterfactual): records each (block, iteration)'s keys, values and
+  queries during model.forward, by wrapping Block.finish (the model's own code runs).
 - `isolated_deep`: every token's extra-compute counterfactual at once, each query alone over
   the cheap pass's context: the token itself at steps_reasoning ("deepened": the runtime
   continues it, with the same logits as a re-run), or a THINK
@@ -17,12 +17,12 @@
 
 from __future__ import annotations
 
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
+from ..model.counterfactual import capture, solo
 from ..model.modeling import LanternModel
 from ..runtime.controller import dropout_masks
 from ..runtime.sampling import mc_summary
@@ -59,7 +59,7 @@ def outcome_of_log_probs(log_probs: torch.Tensor, targets: torch.Tensor,
     return Outcome(top1.numpy(), (top1 == targets).numpy(), nll.numpy(), best.exp().numpy())
 
 
-def _chunks(rows: int, per_row_floats: int):
+def chunks(rows: int, per_row_floats: int):
     step = max(1, CHUNK_FLOATS // max(per_row_floats, 1))
     for start in range(0, rows, step):
         yield slice(start, min(rows, start + step))
@@ -79,39 +79,12 @@ def uniform(model: LanternModel, inputs: torch.Tensor, targets: torch.Tensor, de
     """
     cfg = model.config
     parts = []
-    for rows in _chunks(len(inputs), inputs.shape[1] * cfg.vocab_size):
+    for rows in chunks(len(inputs), inputs.shape[1] * cfg.vocab_size):
         out = model(inputs[rows], depth)
         if keep is not None:
             keep(rows, out)
         parts.append(outcome_of(out.logits, targets[rows], cfg.think_token_id))
     return _concat(parts)
-
-
-@contextmanager
-def capture(model: LanternModel, queries: bool = False):
-    """Record {(block, iteration): (keys, values[, queries])} of each model.forward inside.
-
-    keys/values (B, H, K, D) are exactly what each iteration attended over (carried KV
-    included); queries (B, H, T, D) too when asked (for attention maps).
-    """
-    record: dict[tuple[int, int], tuple[torch.Tensor, ...]] = {}
-
-    def wrap(original):
-        def finish(x, q, keys, values, visible, site, p, masks):
-            record[site] = (keys, values, q) if queries else (keys, values)
-            return original(x, q, keys, values, visible, site, p, masks)
-        return finish
-
-    saved = [block.__dict__.get("finish") for block in model.blocks]
-    for block in model.blocks:
-        block.finish = wrap(block.finish)       # an instance attribute shadows the method
-    try:
-        yield record
-    finally:
-        for block, previous in zip(model.blocks, saved):
-            del block.finish
-            if previous is not None:            # an enclosing capture's wrapper
-                block.finish = previous
 
 
 @torch.no_grad()
@@ -123,41 +96,13 @@ def isolated_deep(model: LanternModel, inputs: torch.Tensor, targets: torch.Tens
     token, with the same logits as this re-run);
     think=True: a THINK at position t + 1 run at steps_reasoning, whose logits predict
     targets[:, t] (the runtime's THINK injection). The context (every other token) ran
-    steps_base iterations; iterations past steps_base see its carried KV.
+    steps_base iterations; iterations past steps_base see its carried KV
+    (model.counterfactual.solo).
     """
     cfg = model.config
-    if think and cfg.think_token_id is None:
-        raise ValueError("the model has no THINK token")
-    length = inputs.shape[1]
-    if think and length >= cfg.max_position:
-        raise ValueError(f"a THINK after the last token needs position {length}, but "
-                         f"max_position={cfg.max_position}")
-    positions = torch.arange(length)
-    query_positions = positions + 1 if think else positions
-    delta = query_positions[:, None] - positions[None, :]                       # (T, K)
     parts = []
-    for rows in _chunks(len(inputs), length * cfg.vocab_size):
-        ids = inputs[rows]
-        with capture(model) as context:
-            model(ids, cfg.steps_base)
-        glob = model.is_global(ids, positions[None])                            # (B, K)
-        # context j is visible to the query when it came strictly before it and is in its
-        # window or global; the query sees itself through its own fresh keys only
-        ctx_visible = (delta > 0) & ((delta < cfg.window_size) | glob[:, None, :])
-        own_visible = torch.eye(length, dtype=torch.bool).expand(len(ids), -1, -1)
-        visible = torch.cat((ctx_visible, own_visible), dim=-1)[:, None]       # (B, 1, T, 2T)
-        query_ids = torch.full_like(ids, cfg.think_token_id) if think else ids
-        x = embedded = model.embed(query_ids, query_positions[None])
-        cos, sin = model.rope(query_positions)
-        for b, i in cfg.schedule(cfg.steps_reasoning):
-            block = model.blocks[b]
-            if cfg.injects(b, i):
-                x = model.inject(x, embedded)
-            ctx_k, ctx_v = context[(b, min(i, cfg.steps_base - 1))]
-            q, k, v = block.project(x, cos, sin, model.rope_perm, model.rope_sign)
-            x, _ = block.finish(x, q, torch.cat((ctx_k, k), 2), torch.cat((ctx_v, v), 2),
-                                visible, (b, i), cfg.dropout, None)
-        logits, _ = model.lm_head(x)
+    for rows in chunks(len(inputs), inputs.shape[1] * cfg.vocab_size):
+        _, logits, _ = solo(model, inputs[rows], cfg.steps_reasoning, think)
         parts.append(outcome_of(logits, targets[rows], cfg.think_token_id))
     return _concat(parts)
 
@@ -227,7 +172,7 @@ def adaptive(model: LanternModel, inputs: torch.Tensor, targets: torch.Tensor,
     cfg = model.config
     plan = layout(model, inputs, np.asarray(deep, dtype=bool), use_think)
     parts, scores = [], []
-    for rows in _chunks(len(inputs), plan.ids.shape[1] * cfg.vocab_size):
+    for rows in chunks(len(inputs), plan.ids.shape[1] * cfg.vocab_size):
         grid = plan.depth[rows][None].expand(cfg.num_blocks, -1, -1)
         if keep is None:
             logits = model(plan.ids[rows], grid).logits
@@ -257,7 +202,7 @@ def monte_carlo(model: LanternModel, inputs: torch.Tensor, targets: torch.Tensor
     length = inputs.shape[1]
     site = (cfg.num_blocks - 1, cfg.steps_base - 1)
     parts, information = [], []
-    for rows in _chunks(len(inputs), samples * length * cfg.vocab_size):
+    for rows in chunks(len(inputs), samples * length * cfg.vocab_size):
         ids = inputs[rows]
         masks = {"attn_probs": [], "attn_out": [], "mlp_out": []}
         for window in range(rows.start, rows.stop):

@@ -15,7 +15,7 @@ COLORS = {"fixed": "black", "composite": "tab:blue", "entropy": "tab:orange",
 LABELS = {"fixed": "fixed depth 1..steps_reasoning", "composite": "composite U -> deep",
           "entropy": "entropy only -> deep", "random": "random, same budget",
           "oracle": "oracle (deep only where it fixes)", "composite_mc": "composite U -> MC averaging",
-          "shipped": "shipped controller (4 bands)"}
+          "shipped": "checkpoint's controller"}
 
 
 def _pyplot():
@@ -88,7 +88,7 @@ def compute(section: dict, path: Path) -> Path:
     for point in section["points"]:
         by_strategy.setdefault(point["strategy"], []).append(point)
     for ax, metric, label in ((axes[0], "accuracy", "top-1 accuracy"),
-                              (axes[1], "loss", "loss (nats/token)")):
+                              (axes[1], "loss", "NLL (nats/token)")):
         for strategy, points in by_strategy.items():
             points = sorted(points, key=lambda p: p["cost"])
             xs, ys = [p["cost"] for p in points], [p[metric] for p in points]
@@ -104,7 +104,7 @@ def compute(section: dict, path: Path) -> Path:
     axes[0].yaxis.set_major_formatter(lambda value, _: f"{100 * value:.1f}%")
     handles, labels = axes[0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="lower center", ncol=4, fontsize=7, frameon=False)
-    fig.suptitle("Accuracy vs compute on held-out text (teacher-forced)", fontsize=10)
+    fig.suptitle("Top-1 and NLL vs compute on held-out text (teacher-forced)", fontsize=10)
     fig.tight_layout(rect=(0, 0.1, 1, 1))
     return _save(fig, path, layout=False)
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .gains import decomposition as gains_decomposition
+from .gains import fix_given_change
 from .metrics import auroc, prediction_rejection_ratio, rejection_curve, reliability
 from .signals import SIGNALS, signal_names
 
@@ -62,8 +64,17 @@ def signal_quality(columns: dict[str, np.ndarray], steps_base: int) -> dict:
                               "breaks": float((~wrong & ~right).mean()),
                               "changes": float((columns[f"top1_{action}"] != columns["top1_base"]).mean()),
                               "loss": float(columns[f"nll_{action}"].mean())}
+    fix_change = {action: fix_given_change(columns, names, action)
+                  for action in ("deepened", "think") if f"top1_{action}" in columns}
+    everyone = np.ones(n, dtype=bool)
+    decomposition = {action: gains_decomposition(everyone, ~wrong, columns["top1_base"],
+                                                 columns[f"top1_{action}"],
+                                                 columns[f"correct_{action}"])
+                     for action in fix_change}
     return {
         "tokens": n,
+        "fix_given_change": fix_change,
+        "decomposition_all_tokens": decomposition,
         "signals": {name: SIGNALS[name] for name in names},
         "events": {event: {"label": label, "rate": float(labels.mean()), "count": int(labels.sum())}
                    for event, (label, labels) in events.items()},

@@ -52,11 +52,36 @@ def render(results: dict) -> str:
              f"{ctl['tau_low']}/{ctl['tau_mid']}/{ctl['tau_high']}, lambda "
              f"{ctl['lambda_epistemic']}; MC: {run['mc_samples']} samples; seed {run['seed']}",
              "", "How it is measured: " + " ".join(run["method"]), ""]
+    if "adaptive_vs_fixed" in results.get("summary", {}):
+        lines += _summary(results["summary"]["adaptive_vs_fixed"])
     for name, render_section in (("signals", _signals), ("compute", _compute),
                                  ("think", _think), ("retrieval", _retrieval)):
         if name in sections:
             lines += render_section(sections[name], run)
     return "\n".join(lines) + "\n"
+
+
+def _summary(s: dict) -> list[str]:
+    """summary.adaptive_vs_fixed as one table and one sentence."""
+    ci = lambda pair, digits: f"[{pair[0]:+.{digits}f}, {pair[1]:+.{digits}f}]"  # noqa: E731
+    rows = [["top-1 (%)", f"{s['adaptive_top1']:.2f}", f"{s['fixed_top1']:.2f}",
+             f"{s['delta_top1']:+.2f} points", ci(s["delta_top1_ci95"], 2)],
+            ["NLL (nats/token)", f"{s['adaptive_nll']:.4f}", f"{s['fixed_nll']:.4f}",
+             f"{s['delta_nll']:+.4f}", ci(s["delta_nll_ci95"], 4)]]
+    low, high = s["fixed_depths"]
+    return (["## Summary: the default controller against fixed depth at equal cost", "",
+             f"The checkpoint's controller costs {s['cost']:.3f} block iterations per token; "
+             f"fixed depth at that cost is the line between depths {low} and {high} (weight "
+             f"{s['fixed_weight']:.2f} on {high}), paired per token over {s['tokens']} tokens, "
+             f"95% intervals resampling windows.", ""]
+            + _table(["", "adaptive", "fixed at equal cost", "Δ", "95% interval"], rows)
+            + [""])
+
+
+def _decomposition(d: dict) -> str:
+    return (f"{_pct(d['share_deep'])} deep x P(change) {_pct(d['p_change'])} x "
+            f"[P(fix|change) {_pct(d['p_fix_given_change'])} - P(break|change) "
+            f"{_pct(d['p_break_given_change'])}] = {100 * d['gain']:+.2f} points")
 
 
 def _signals(section: dict, run: dict) -> list[str]:
@@ -83,6 +108,19 @@ def _signals(section: dict, run: dict) -> list[str]:
     lines += ["What extra compute does when applied to every token alone (cheap-pass accuracy "
               f"{_pct(section['accuracy_base'])}):", ""]
     lines += _table(["action", "accuracy", "changes top-1", "fixes", "breaks", "loss"], rows)
+    lines += ["", "Does a signal know which way a change goes? AUROC for \"fixes\" among the "
+              "tokens whose top-1 the action changes (0.5 = chance):", ""]
+    fix_change = section.get("fix_given_change", {})
+    actions = list(fix_change)
+    if actions:
+        rows = [[label] + [_num(fix_change[a]["auroc"].get(name)) for a in actions]
+                for name, label in section["signals"].items()]
+        lines += _table(["signal"] + [f"{labels[a]} ({fix_change[a]['fixes']} fixes / "
+                                      f"{fix_change[a]['changes']} changes)" for a in actions],
+                        rows)
+        lines += ["", "Gain of each action on every token: " + "; ".join(
+            f"{labels[a]}: {_decomposition(d)}"
+            for a, d in section.get("decomposition_all_tokens", {}).items()) + "."]
     return lines + [""]
 
 
@@ -90,7 +128,7 @@ def _compute(section: dict, run: dict) -> list[str]:
     names = {"fixed": "fixed depth", "composite": "composite U -> deep",
              "entropy": "entropy -> deep", "random": "random -> deep",
              "oracle": "oracle -> deep", "composite_mc": "composite U -> MC",
-             "shipped": "shipped controller"}
+             "shipped": "checkpoint's controller"}
     rows = []
     for p in section["points"]:
         if p["strategy"] == "fixed":
@@ -105,6 +143,8 @@ def _compute(section: dict, run: dict) -> list[str]:
             extra.append(f"MC {_pct(p['mc_share'])}")
         if "thinks" in p:
             extra.append(f"{p['thinks']} THINK / {p['deepened']} re-run")
+        if p.get("on_policy"):
+            extra.append(f"on-policy, {p['rounds']} rounds, trigger {p['trigger']}")
         if "flipped" in p:
             extra.append(f"flipped {_pct(p['flipped'])}")
         rows.append([names[p["strategy"]], setting, _num(p["cost"], 2), _pct(p["accuracy"], 2),
@@ -125,6 +165,10 @@ def _compute(section: dict, run: dict) -> list[str]:
     lines += _table(["strategy", "setting", "cost", "accuracy", "loss", "Δ accuracy vs cheap",
                      "notes"], rows) + [""]
     lines += _figure("compute", run)
+    if "decomposition" in section:
+        lines += ["Gain decomposition of the checkpoint's controller (isolated counterfactuals "
+                  "on the tokens it sends deep): " + _decomposition(section["decomposition"])
+                  + ".", ""]
     lines += ["Paired comparisons of the composite trigger (same tokens, 95% interval over "
               "windows):", ""]
     rows = [[_pct(c["share"], 0), _num(c["cost"], 2),

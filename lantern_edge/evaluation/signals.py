@@ -7,6 +7,7 @@ One flat column per quantity, one row per predicted token (windows x positions):
 - confidence: probability of the cheap pass's top-1 (THINK excluded);
 - entropy, one_minus_p_max, dispersion, composite: the uncertainty head on the cheap pass
   (steps_base), with the checkpoint's controller weights, exactly the runtime's signals;
+- p_benefit: the depth probe on the cheap pass, when the model has one;
 - halting: 1 - p_halt of the last block after its steps_base-th iteration (the head predicts
   "one more iteration keeps the top-1"), when the model has halting heads;
 - mutual_information, u_total: MC dropout (S seeded masks) and U + lambda * MI;
@@ -39,6 +40,7 @@ SIGNALS = {
     "composite": "composite U",
     "u_total": "U + lambda*MI",
     "halting": "1 - p_halt",
+    "p_benefit": "depth probe p_benefit",
 }
 
 
@@ -75,7 +77,7 @@ def collect(model: LanternModel, controller: ControllerConfig, inputs: torch.Ten
     columns["position"] = np.tile(np.arange(length), batch)
 
     signals = {name: np.empty((batch, length)) for name in
-               ("entropy", "one_minus_p_max", "dispersion", "composite", "halting")}
+               ("entropy", "one_minus_p_max", "dispersion", "composite", "halting", "p_benefit")}
 
     def keep_signals(rows: slice, out) -> None:
         flat = out.logits.flatten(0, 1)
@@ -85,6 +87,10 @@ def collect(model: LanternModel, controller: ControllerConfig, inputs: torch.Ten
         signals["one_minus_p_max"][rows] = 1.0 - p_max
         signals["dispersion"][rows] = dispersion
         signals["composite"][rows] = score
+        if model.depth_probe is not None:
+            signals["p_benefit"][rows] = model.depth_probe(
+                out.hidden.flatten(0, 1), flat, model.token_embedding.weight
+            ).view(-1, length).double().numpy()
         if out.halting is not None:
             signals["halting"][rows] = 1.0 - out.halting[-1, cfg.steps_base - 1].double().numpy()
 
@@ -99,6 +105,8 @@ def collect(model: LanternModel, controller: ControllerConfig, inputs: torch.Ten
             columns["confidence"] = result.confidence.ravel()
     if not cfg.use_halting:
         del signals["halting"]
+    if model.depth_probe is None:
+        del signals["p_benefit"]
     columns.update({name: values.ravel() for name, values in signals.items()})
 
     progress(f"MC dropout, {mc_samples} samples")

@@ -22,6 +22,8 @@ FIELD_HELP = {
     "corpus_max_chars": "cap on characters per split (a deterministic sample of files)",
     "val_fraction": "share of files held out for validation (split by file)",
     "vocab_size": "byte-level BPE vocabulary size, special tokens included",
+    "tokenizer": "reuse this tokenizer.json (e.g. the shipped model's, so that models compare "
+                 "token for token) instead of training one",
     "max_global_tokens": "global KV slots: BOS + at most this - 1 THINK tokens per sample",
     "steps_base": "iterations per block on the cheap path",
     "steps_reasoning": "most iterations per block; depths 1..this are trained and evaluated",
@@ -41,12 +43,30 @@ FIELD_HELP = {
     "late_position_fraction": "share of batches placed at a random position offset (trains "
                               "every learned position row, not only the first seq_len)",
     "halting_weight": "weight of the halting-head loss",
+    "deep_supervision": "a loss at every depth's exit, weights rising with depth (true/false)",
+    "think_placement": "random positions, or hard: after the tokens of highest cheap-pass loss",
+    "corrector_steps": "error-corrector phase steps after the main loop (0: none)",
+    "corrector_minutes": "wall-time budget of the error-corrector phase",
+    "corrector_weight": "deep-continuation loss weight on tokens the cheap pass gets wrong",
+    "corrector_lr_ratio": "error-corrector peak learning rate = lr * this",
+    "probe_hidden": "probe phase: width of the depth probe trained on the frozen model (0: none)",
+    "probe_steps": "probe phase steps",
+    "probe_minutes": "probe phase wall-time budget",
+    "probe_lr": "probe phase learning rate",
+    "probe_label": "positive when going deep lowers the loss by > gamma (gain), fixes the "
+                   "top-1 (fix), or either",
+    "probe_gamma": "loss drop in nats that labels a token positive (gain, either)",
+    "main_output": "also keep the checkpoint as the main loop left it (before the corrector "
+                   "and probe phases) at this path",
+    "mc_refinement": "keep the MC-averaging band next to the probe trigger (true/false)",
+    "deep_budget": "share of tokens the calibrated tau_probe sends deep",
     "eval_interval": "steps between validation runs and checkpoints",
     "eval_batches": "fixed validation batches per depth",
     "threads": "torch CPU threads while training (default: torch's choice; tiny preset: 1)",
 }
 CHOICES = {"dtype": ("fp32", "bf16"), "device": ("auto", "cpu", "cuda"),
-           "offline_corpus": OFFLINE_CORPORA, "recursion_order": ("sequence", "cycle")}
+           "offline_corpus": OFFLINE_CORPORA, "recursion_order": ("sequence", "cycle"),
+           "think_placement": ("random", "hard"), "probe_label": ("gain", "fix", "either")}
 
 
 class UsageError(Exception):

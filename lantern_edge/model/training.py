@@ -19,6 +19,7 @@ import contextlib
 import dataclasses
 import logging
 import math
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +31,7 @@ import torch.nn.functional as F
 
 from .checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from .config import ControllerConfig, ModelConfig
+from . import recipe
 from .corpus import OFFLINE_CORPORA, load_corpus
 from .modeling import LanternModel
 from .thresholds import BAND_QUANTILES, calibrate_thresholds
@@ -37,6 +39,7 @@ from .tokenizer import special_token_ids, train_bpe_tokenizer
 
 logger = logging.getLogger(__name__)
 IGNORE = -100                            # cross-entropy ignore_index
+MC_OFF = 1e9                             # tau_mid = tau_high beyond any U: no MC band
 MODEL_FIELDS = ("hidden_size", "num_heads", "intermediate_size", "num_blocks", "window_size",
                 "max_position", "max_global_tokens", "steps_base", "steps_reasoning", "dropout",
                 "use_halting", "recursion_order", "input_injection")
@@ -51,6 +54,7 @@ class TrainConfig:
     corpus_max_chars: int | None = None   # cap per split (a deterministic sample), for quick runs
     val_fraction: float = 0.05            # share of FILES held out for validation
     vocab_size: int = 4096                # byte-level BPE, special tokens included
+    tokenizer: str | None = None          # a tokenizer.json to reuse instead of training one
     # model shape (ModelConfig fields)
     hidden_size: int = 256
     num_heads: int = 4
@@ -82,6 +86,22 @@ class TrainConfig:
     mixed_depth_fraction: float = 0.25    # batches with a random depth per token
     late_position_fraction: float = 0.5   # batches placed at a random offset up to max_position
     halting_weight: float = 1.0           # weight of the halting BCE next to the LM loss
+    # the recipe (docs/TRAINING_RECIPE.md; lantern_edge/model/recipe.py, probe_training.py)
+    deep_supervision: bool = False        # uniform batches: a loss at every depth's exit
+    think_placement: str = "random"       # "random", or "hard": after high cheap-loss tokens
+    corrector_steps: int = 0              # error-corrector phase steps after the main loop
+    corrector_minutes: float | None = None  # its wall-time budget
+    corrector_weight: float = 4.0         # deep loss weight on tokens the cheap pass gets wrong
+    corrector_lr_ratio: float = 0.3       # its peak learning rate: lr * this
+    probe_hidden: int = 0                 # > 0: the probe phase trains a depth probe this wide
+    probe_steps: int = 300
+    probe_minutes: float | None = None
+    probe_lr: float = 3e-3
+    probe_label: str = "either"           # "gain" (loss drops > gamma), "fix" (top-1), "either"
+    probe_gamma: float = 0.1              # nats
+    deep_budget: float = 0.1              # share of tokens tau_probe sends deep
+    mc_refinement: bool = True            # False: with the probe trigger, no MC band
+    main_output: str | None = None        # also keep the checkpoint before the phases here
     # bookkeeping
     eval_interval: int = 200              # steps between validation runs (and checkpoints)
     eval_batches: int = 8                 # fixed validation batches per depth
@@ -119,6 +139,23 @@ class TrainConfig:
         need(0 <= self.late_position_fraction <= 1, "late_position_fraction", "in [0, 1]")
         need(self.halting_weight >= 0, "halting_weight", ">= 0")
         need(self.threads is None or self.threads >= 1, "threads", "None or >= 1")
+        need(self.think_placement in ("random", "hard"), "think_placement", "'random' or 'hard'")
+        need(self.probe_label in ("gain", "fix", "either"), "probe_label",
+             "'gain', 'fix' or 'either'")
+        for name in ("corrector_steps", "probe_steps", "probe_hidden"):
+            need(isinstance(getattr(self, name), int) and getattr(self, name) >= 0, name,
+                 "an int >= 0")
+        for name in ("corrector_minutes", "probe_minutes"):
+            need(getattr(self, name) is None or getattr(self, name) > 0, name, "None or > 0")
+        need(self.corrector_weight >= 1, "corrector_weight", ">= 1")
+        need(0 < self.corrector_lr_ratio <= 1, "corrector_lr_ratio", "in (0, 1]")
+        need(self.probe_lr > 0, "probe_lr", "> 0")
+        need(self.probe_gamma >= 0, "probe_gamma", ">= 0")
+        need(0 < self.deep_budget < 1, "deep_budget", "in (0, 1)")
+        # the halting target needs a forward at one sampled depth; deep supervision runs the
+        # exits instead (the depth probe replaces the halting heads)
+        need(not (self.deep_supervision and self.use_halting), "use_halting",
+             "False with deep_supervision (the depth probe replaces the halting heads)")
         self.model_config({})                 # shape fields: ModelConfig names the bad one
 
     def model_config(self, special: dict[str, int | None]) -> ModelConfig:
@@ -141,6 +178,28 @@ PRESETS: dict[str, dict[str, Any]] = {
                   seq_len=256, batch_size=128, lr=2e-3, warmup_steps=200, max_steps=3370,
                   eval_interval=250, eval_batches=16),
 }
+# The recipe (docs/TRAINING_RECIPE.md): cycle order with input injection, deep supervision, no
+# THINK (measured: it does not pay), no halting heads (the probe beats them), the
+# error-corrector phase and the probe phase calibrated to deep_budget.
+RECIPE = dict(recursion_order="cycle", input_injection=True, deep_supervision=True,
+              use_halting=False, think_rate=0.0, mixed_depth_fraction=0.25,
+              corrector_weight=4.0, corrector_lr_ratio=0.3, probe_label="either",
+              probe_gamma=0.1, deep_budget=0.1, mc_refinement=False)
+PRESETS["recipe-tiny"] = dict(PRESETS["tiny"], **RECIPE, corrector_steps=100, probe_hidden=32,
+                              probe_steps=150)
+# the default model's GPU run (scripts/train_default_gpu.sh): ~6.2M parameters, fp32 + int8
+# artifacts about 32 MB; the wall-time budgets, not the step counts, end each phase
+PRESETS["recipe"] = dict(PRESETS["small"], **RECIPE, hidden_size=384, num_heads=6,
+                         intermediate_size=1024, max_position=2048, batch_size=128,
+                         max_steps=20000, warmup_steps=200, max_minutes=4.0, dtype="bf16",
+                         eval_interval=500, eval_batches=16, corrector_steps=2000,
+                         corrector_minutes=1.0, probe_hidden=64, probe_steps=1500,
+                         probe_minutes=0.5, threads=4)
+# the equal-training-compute control: the same recipe at one fixed depth, for the wall time of
+# the recipe's three phases (4.0 + 1.0 + 0.5 minutes); nothing to correct or route
+PRESETS["recipe-control"] = dict(PRESETS["recipe"], steps_base=3, steps_reasoning=3,
+                                 mixed_depth_fraction=0.0, corrector_steps=0, probe_hidden=0,
+                                 max_minutes=5.5)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -324,6 +383,25 @@ def evaluate(model: LanternModel, val_batches, device: torch.device) -> dict[str
     return {"loss_per_depth": losses, "halting": halting}
 
 
+# --- the phases after the main loop -------------------------------------------------------
+
+def _phases(model: LanternModel, cfg: TrainConfig, phases: dict, train_ids: np.ndarray,
+            model_cfg: ModelConfig, rng: np.random.Generator, device: torch.device, autocast,
+            val_batches) -> LanternModel:
+    """The error-corrector phase, then the probe phase (each when configured); their reports
+    go into phases. Returns the model (with its probe after the probe phase)."""
+    def next_batch():
+        return make_batch(train_ids, cfg, model_cfg, rng, think=False)
+    if cfg.corrector_steps:
+        phases["corrector"] = recipe.run_corrector(model, cfg, next_batch, device, autocast)
+        logger.info("corrector: %s", phases["corrector"])
+    if cfg.probe_hidden:
+        from .probe_training import run_probe_phase
+        model, phases["probe"] = run_probe_phase(model, cfg, next_batch, val_batches, device,
+                                                 autocast)
+    return model
+
+
 # --- the loop -----------------------------------------------------------------------------
 
 def _trainer_state_of(ckpt: Checkpoint, path: str | Path) -> dict[str, Any]:
@@ -345,12 +423,32 @@ def resume_config(path: str | Path, **overrides: Any) -> TrainConfig:
 
 def _check_resumable(cfg: TrainConfig, path: str | Path, ckpt: Checkpoint) -> None:
     _trainer_state_of(ckpt, path)
+    if ckpt.training.get("phases"):
+        raise ValueError(f"--resume {path}: this run is complete (its corrector/probe phases "
+                         f"ran); start a new run instead")
     model_cfg = ckpt.model_config
     for name in ("vocab_size", *MODEL_FIELDS):
         if getattr(cfg, name) != getattr(model_cfg, name):
             raise ValueError(f"{name}={getattr(cfg, name)!r} differs from the checkpoint's "
                              f"{getattr(model_cfg, name)!r} ({path}); the model's shape cannot "
                              f"change on resume")
+
+
+def _tokenizer(cfg: TrainConfig, texts: list[str]):
+    """The run's tokenizer: cfg.tokenizer's file (so that models compare token for token),
+    or a byte-level BPE trained on the training split."""
+    if cfg.tokenizer is None:
+        return train_bpe_tokenizer(texts, cfg.vocab_size)
+    from tokenizers import Tokenizer
+    try:
+        tokenizer = Tokenizer.from_file(cfg.tokenizer)
+    except Exception as e:       # tokenizers raises its own types for missing or bad files
+        raise ValueError(f"tokenizer {cfg.tokenizer}: not a readable tokenizer.json ({e})") from e
+    if tokenizer.get_vocab_size() != cfg.vocab_size:
+        raise ValueError(f"tokenizer {cfg.tokenizer} has {tokenizer.get_vocab_size()} entries "
+                         f"but vocab_size={cfg.vocab_size}; pass --vocab-size "
+                         f"{tokenizer.get_vocab_size()}")
+    return tokenizer
 
 
 def _optimizer(model: LanternModel, cfg: TrainConfig) -> torch.optim.AdamW:
@@ -399,7 +497,7 @@ def _train(cfg: TrainConfig, device: torch.device, resume: str | Path | None,
     if state is not None:
         tokenizer, model_cfg = Tokenizer.from_str(state.tokenizer_json), state.model_config
     else:
-        tokenizer = train_bpe_tokenizer(corpus.train, cfg.vocab_size)
+        tokenizer = _tokenizer(cfg, corpus.train)
         model_cfg = cfg.model_config(special_token_ids(tokenizer))
     train_ids = tokenize(tokenizer, corpus.train, model_cfg.eos_token_id)
     val_ids = tokenize(tokenizer, corpus.val, model_cfg.eos_token_id)
@@ -428,6 +526,9 @@ def _train(cfg: TrainConfig, device: torch.device, resume: str | Path | None,
         prior_seconds = float(state.training.get("train_seconds", 0.0))
         history = list(state.training.get("eval_history", []))
         logger.info("resuming %s at step %d", resume, step)
+    phases: dict[str, Any] = {}            # reports of the phases after the main loop
+    controller_fields: dict[str, Any] = {}  # set by the probe phase
+    think_id = model_cfg.think_token_id
     model.train()
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.dtype == "bf16")
     logger.info("%d parameters on %s (%s); train %d tokens (%d files), val %d tokens (%d files)",
@@ -452,6 +553,7 @@ def _train(cfg: TrainConfig, device: torch.device, resume: str | Path | None,
             "halting_eval": history[-1]["halting"] if history else {},
             "train_config": {**dataclasses.asdict(cfg), "corpus": list(cfg.corpus)},
             "device": str(device), "torch_version": str(torch.__version__), "final": final,
+            "phases": phases,
             "objectives": {
                 "depth": "uniform 1..steps_reasoning per batch; per token on "
                          f"{cfg.mixed_depth_fraction:.0%} of batches (THINK at steps_reasoning)",
@@ -472,7 +574,12 @@ def _train(cfg: TrainConfig, device: torch.device, resume: str | Path | None,
         Path(cfg.output).parent.mkdir(parents=True, exist_ok=True)
         # THINK injection is on by default for a model trained with THINK tokens
         controller = calibrate_thresholds(model, val_batches, device, ControllerConfig(
-            inject_think=cfg.think_rate > 0 and model_cfg.think_token_id is not None))
+            inject_think=cfg.think_rate > 0 and model_cfg.think_token_id is not None,
+            **controller_fields))
+        if controller.deep_trigger == "probe" and not cfg.mc_refinement:
+            # the high band (MC averaging) closed: U never reaches tau_mid, so tokens the
+            # probe keeps cheap are at most "moderate" (greedy: the cheap pass's top-1)
+            controller = dataclasses.replace(controller, tau_mid=MC_OFF, tau_high=MC_OFF)
         meta["controller_calibration"] = {"band_quantiles": list(BAND_QUANTILES),
                                           "tau": [controller.tau_low, controller.tau_mid,
                                                   controller.tau_high]}
@@ -490,13 +597,26 @@ def _train(cfg: TrainConfig, device: torch.device, resume: str | Path | None,
             lr = learning_rate(cfg, step, schedule_progress(cfg, step, loop_seconds))
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            inputs, targets = make_batch(train_ids, cfg, model_cfg, rng, think=True)
+            hard = cfg.think_placement == "hard"
+            inputs, targets = make_batch(train_ids, cfg, model_cfg, rng, think=not hard)
             depth = sample_depth(cfg, inputs, model_cfg, rng)
             positions = sample_positions(cfg, model_cfg, rng)
             inputs, targets = inputs.to(device), targets.to(device)
             depth = depth.to(device) if torch.is_tensor(depth) else depth
             positions = positions.to(device) if positions is not None else None
-            losses = compute_losses(model, inputs, targets, depth, autocast, positions)
+            if hard and torch.is_tensor(depth) and cfg.think_rate > 0 and think_id is not None:
+                # THINK where the runtime puts it: after the tokens the cheap pass predicts
+                # worst, on the per-token-depth batches, run at steps_reasoning
+                inputs, targets = recipe.insert_think_at_hard(
+                    inputs, targets, recipe.cheap_losses(model, inputs, targets, autocast),
+                    think_id, cfg.think_rate, model_cfg.max_global_tokens - 1)
+                depth = torch.where(inputs == think_id, model_cfg.steps_reasoning, depth)
+            if cfg.deep_supervision and not torch.is_tensor(depth):
+                lm, _ = recipe.deep_supervision_loss(model, inputs, targets, autocast, positions)
+                zero = torch.zeros((), device=device)
+                losses = StepLosses(lm, zero, None)
+            else:
+                losses = compute_losses(model, inputs, targets, depth, autocast, positions)
             optimizer.zero_grad(set_to_none=True)
             (losses.lm + cfg.halting_weight * losses.halting).backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
@@ -523,6 +643,18 @@ def _train(cfg: TrainConfig, device: torch.device, resume: str | Path | None,
     bar.close()
     if not history or history[-1]["step"] != step:
         record()
+    stopped = step < cfg.max_steps and not (cfg.max_minutes and loop_seconds >= 60 * cfg.max_minutes)
+    if not stopped:
+        if cfg.main_output and (cfg.corrector_steps or cfg.probe_hidden):
+            save(final=False)              # the main loop's model, for ablating the phases
+            shutil.copyfile(cfg.output, cfg.main_output)
+        model = _phases(model, cfg, phases, train_ids, model_cfg, rng, device, autocast,
+                        val_batches)
+        if phases.get("probe"):
+            controller_fields.update(deep_trigger="probe", tau_probe=phases["probe"]["tau_probe"])
+        if phases.get("corrector"):      # the probe changes no loss: only the corrector does
+            record()
+            history[-1]["after"] = "corrector"
     meta = save(final=True)
     logger.info("saved %s after %d steps (%.0f s)", cfg.output, step, meta["train_seconds"])
     return meta
