@@ -1,18 +1,21 @@
 """The ONNX Runtime sessions of one artifacts directory: loaded once, shared, never mutated.
 
 An `Engine` holds only what every generation shares: the sessions (embed, one per block,
-mc_step, lm_head, uncertainty, and on the device path the KV write graph), the model config and
-the providers. ORT sessions may be run from several threads at once, so any number of
+mc_step, lm_head, uncertainty, on the device path the KV write graph, and once batching is used
+the batched block and mc_step graphs), the model config and the providers. ORT sessions may be run from several threads at once, so any number of
 generations (decode.py's `Sequence`, each with its own KV state and bindings) use one Engine.
 """
 
 from __future__ import annotations
+
+import threading
 
 import onnxruntime as ort
 
 from ..errors import ArtifactError
 from .artifacts import Artifacts
 from .device_kv import kv_write_model
+from .protobuf import stored_slots_variable
 
 SIGNALS = ("entropy", "p_max", "dispersion", "score")
 
@@ -91,3 +94,30 @@ class Engine:
                           if kv_on_device else None)
         # one-token decode through IO binding to host buffers (bindings.py) on the CPU provider
         self.bind_host = not kv_on_device and self.providers[0] == "CPUExecutionProvider"
+        self._precision, self._threads = precision, threads
+        self._batched: tuple | None = None
+        self._batched_lock = threading.Lock()
+
+    def batched(self) -> tuple[list[ort.InferenceSession], ort.InferenceSession]:
+        """(block sessions, mc_step session) that attend over any number of stored slots (see
+        protobuf.stored_slots_variable): what batch.py runs several sequences through. Loaded
+        on first use, once, and shared like the others."""
+        with self._batched_lock:
+            if self._batched is None:
+                cfg, art = self.config, self.artifacts
+                stored = cfg.window_size + cfg.max_global_tokens
+
+                def session(path):
+                    options = session_options(self._threads)
+                    # the edited graph comes as bytes: its external data is beside the file
+                    options.add_session_config_entry(
+                        "session.model_external_initializers_file_folder_path", str(path.parent))
+                    try:
+                        graph = stored_slots_variable(path.read_bytes(), stored)
+                        return ort.InferenceSession(graph, options, providers=self.providers)
+                    except Exception as e:  # ValueError, or ORT's own Fail/InvalidGraph types
+                        raise ArtifactError(f"{path} cannot be batched: {e}") from e
+                self._batched = ([session(art.graph(self._precision, "blocks", b))
+                                  for b in range(cfg.num_blocks)],
+                                 session(art.graph(self._precision, "mc_step")))
+            return self._batched

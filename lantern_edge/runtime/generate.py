@@ -17,7 +17,8 @@ from .controller import Controller, TraceEntry
 from .decode import Sequence
 from .engine import Engine
 from .options import GenerationOptions
-from .stream import GenerationResult, StreamedToken, TokenStream
+from .pool import Pool
+from .stream import Generation, GenerationResult, StreamedToken, TokenStream, decide, feed
 
 __all__ = ["Runtime", "GenerationResult", "StreamedToken", "TokenStream", "TraceEntry",
            "DEFAULT_MODEL_DIR"]
@@ -140,6 +141,9 @@ class Runtime:
         exhausted its stop_reason, stats and result are set. Options and prompt are checked
         now, not at the first next()."""
         options = self.options(options, **overrides)
+        if options.num_return_sequences != 1:
+            raise ValueError("num_return_sequences must be 1 for stream(); use generate() for "
+                             "several sequences, or one stream per seed")
         return TokenStream(self, self.encode(prompt), options)
 
     def generate(self, prompt: str | Ids[int], options: GenerationOptions | None = None,
@@ -153,15 +157,37 @@ class Runtime:
             **overrides: GenerationOptions fields, applied over `options`.
 
         Returns:
-            GenerationResult: new text and ids only, the per-token trace, stop_reason, stats.
+            GenerationResult: new text and ids only, the per-token trace, stop_reason, stats;
+            with num_return_sequences=n > 1, a list of n, sequence k sampled with seed + k
+            (seed None: each its own random seed), all decoded as one batch.
 
         Raises:
             ValueError: a bad option (named, with its valid range) or prompt.
         """
-        stream = self.stream(prompt, options, **overrides)
+        options = self.options(options, **overrides)
+        if options.num_return_sequences > 1:
+            return self._generate_many(self.encode(prompt), options)
+        stream = TokenStream(self, self.encode(prompt), options)
         for _ in stream:
             pass
         return stream.result
+
+    def _generate_many(self, ids: np.ndarray, options: GenerationOptions) -> list[GenerationResult]:
+        count = options.num_return_sequences
+        pool = Pool(self.engine, count)
+        gens = [Generation(self, ids, dataclasses.replace(
+            options, num_return_sequences=1,
+            seed=None if options.seed is None else options.seed + k), pool.acquire())
+            for k in range(count)]
+        for gen in gens:
+            gen.prefill()
+        running = gens
+        while running:
+            decide(self, pool, running)
+            running = [g for g in running if g.stop_reason is None]
+            if running:
+                feed(pool, running)
+        return [g.result() for g in gens]
 
     def _acquire(self) -> Sequence:
         """A generation's own state: an idle one from an earlier generation, or a new one."""

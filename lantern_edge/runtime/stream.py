@@ -86,6 +86,80 @@ class _TextOut:
         return piece
 
 
+class Generation:
+    """One generation's own state around its Sequence: options, RNG, text, tokens so far, the
+    pending FeedResult, timings and why it stopped. TokenStream drives one alone; the Batcher
+    drives many together. `decide` and `feed` below are the two halves of one decode step."""
+
+    def __init__(self, runtime, ids: np.ndarray, options: GenerationOptions, seq):
+        self.runtime, self.ids, self.options, self.seq = runtime, ids, options, seq
+        self.eos = None if options.ignore_eos else options.eos_token_id
+        self.rng = np.random.default_rng(options.seed)
+        self.mask_seed = (options.seed if options.seed is not None
+                          else int(self.rng.integers(2**31)))
+        self.halting = (options.halting_threshold if options.adaptive and options.use_halting
+                        else None)
+        self.text = _TextOut(runtime.tokenizer, options.stop)
+        self.tokens: list[StreamedToken] = []
+        self.history = ids.tolist()                # prompt + output ids, for repetition rules
+        self.stop_reason: str | None = None
+        self.last_token = int(ids[-1])
+        self.step = None
+        self.began = self.started = time.perf_counter()
+        self.prefill_seconds = self.prefill_session = 0.0
+
+    def prefill(self) -> None:
+        self.began = time.perf_counter()
+        self.step = self.seq.feed(self.ids, self.options.steps_base)
+        self.prefill_seconds = time.perf_counter() - self.began
+        self.prefill_session = self.seq.timer.seconds
+        self.started = self.began + self.prefill_seconds
+
+    def accept(self, entry: TraceEntry) -> StreamedToken:
+        """Record the controller's decision; sets stop_reason when it is the last token."""
+        token, count = entry.token_id, len(self.tokens) + 1
+        reason = ("eos" if token == self.eos else "max_new_tokens"
+                  if count == self.options.max_new_tokens else "max_position"
+                  if self.seq.kv.length >= self.runtime.config.max_position else None)
+        entry.text = self.text.push(token, last=reason is not None)
+        if entry.top_logprobs is not None:
+            decode = self.runtime.tokenizer.decode
+            entry.top_logprobs = [(i, decode([i]), lp) for i, _, lp in entry.top_logprobs]
+        self.stop_reason = "stop" if self.text.stopped else reason
+        entry.microseconds = (time.perf_counter() - self.started) * 1e6
+        self.tokens.append(StreamedToken(entry.text, token, entry))
+        self.history.append(token)
+        self.last_token = token
+        return self.tokens[-1]
+
+    def result(self) -> GenerationResult:
+        result = GenerationResult(
+            text=self.text.text, token_ids=[t.token_id for t in self.tokens],
+            trace=[t.trace for t in self.tokens], stop_reason=self.stop_reason or "cancelled",
+            prompt_tokens=len(self.ids), seconds=time.perf_counter() - self.began,
+            session_seconds=self.seq.timer.seconds, prefill_seconds=self.prefill_seconds,
+            prefill_session_seconds=self.prefill_session)
+        result.stats = summarize(result, self.runtime.config.num_blocks)
+        return result
+
+
+def decide(runtime, runner, gens: list[Generation]) -> list[StreamedToken]:
+    """The next token of each generation (each due one: prefilled or fed since)."""
+    entries = runtime.controller.decide(runner, gens)
+    return [g.accept(e) for g, e in zip(gens, entries)]
+
+
+def feed(runner, gens: list[Generation]) -> None:
+    """Feed each running generation's newest token, in one runner call per depth."""
+    now = time.perf_counter()
+    for depth in sorted({g.options.steps_base for g in gens}):
+        group = [g for g in gens if g.options.steps_base == depth]
+        steps = runner.feed([g.seq for g in group], [g.last_token for g in group], depth,
+                            [g.halting for g in group])
+        for g, step in zip(group, steps):
+            g.step, g.started = step, now
+
+
 class TokenStream:
     """An iterator of StreamedToken, each yielded as soon as it is decided.
 
@@ -111,53 +185,22 @@ class TokenStream:
         self._steps.close()
 
     def _run(self, ids: np.ndarray):
-        runtime, options = self._runtime, self.options
-        eos = None if options.ignore_eos else options.eos_token_id
-        rng = np.random.default_rng(options.seed)
-        mask_seed = options.seed if options.seed is not None else int(rng.integers(2**31))
-        halting = options.halting_threshold if (options.adaptive and options.use_halting) else None
-        text = _TextOut(runtime.tokenizer, options.stop)
-        tokens: list[StreamedToken] = []
-        seq = runtime._acquire()
-        timer = seq.timer
-        stop_reason = "cancelled"
-        began = started = time.perf_counter()
-        prefill_seconds = prefill_session = 0.0
+        from .decode import SINGLE
+
+        runtime = self._runtime
+        gen = Generation(runtime, ids, self.options, runtime._acquire())
         try:
-            step = seq.feed(ids, options.steps_base)                 # prefill
-            prefill_seconds, prefill_session = time.perf_counter() - began, timer.seconds
-            started += prefill_seconds
-            last_token = int(ids[-1])
-            for count in range(1, options.max_new_tokens + 1):
-                entry = runtime.controller.decide(seq, step, last_token, options, rng, mask_seed)
-                token = entry.token_id
-                reason = ("eos" if token == eos else "max_new_tokens"
-                          if count == options.max_new_tokens else "max_position"
-                          if seq.kv.length >= runtime.config.max_position else None)
-                entry.text = text.push(token, last=reason is not None)
-                reason = "stop" if text.stopped else reason
-                now = time.perf_counter()
-                entry.microseconds = (now - started) * 1e6
-                tokens.append(StreamedToken(entry.text, token, entry))
-                if reason is not None:
-                    stop_reason = reason
-                    yield tokens[-1]
+            gen.prefill()
+            while True:
+                token = decide(runtime, SINGLE, [gen])[0]
+                yield token
+                if gen.stop_reason is not None:
                     return
-                yield tokens[-1]
-                started = time.perf_counter()
-                step = seq.feed(np.array([token]), options.steps_base, halting)
-                last_token = token
+                feed(SINGLE, [gen])
         finally:
-            self.stop_reason = stop_reason
-            result = GenerationResult(
-                text=text.text, token_ids=[t.token_id for t in tokens],
-                trace=[t.trace for t in tokens], stop_reason=stop_reason,
-                prompt_tokens=len(ids), seconds=time.perf_counter() - began,
-                session_seconds=timer.seconds, prefill_seconds=prefill_seconds,
-                prefill_session_seconds=prefill_session)
-            result.stats = self.stats = summarize(result, runtime.config.num_blocks)
-            self.result = result
-            runtime._release(seq)
+            self.result = gen.result()
+            self.stop_reason, self.stats = self.result.stop_reason, self.result.stats
+            runtime._release(gen.seq)
 
 
 def summarize(result: GenerationResult, num_blocks: int) -> dict:
