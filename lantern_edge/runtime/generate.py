@@ -17,11 +17,12 @@ from .controller import Controller, TraceEntry
 from .decode import Sequence
 from .engine import Engine
 from .options import GenerationOptions
+from .generator import Generator
 from .pool import Pool
 from .stream import Generation, GenerationResult, StreamedToken, TokenStream, decide, feed
 
-__all__ = ["Runtime", "GenerationResult", "StreamedToken", "TokenStream", "TraceEntry",
-           "DEFAULT_MODEL_DIR"]
+__all__ = ["Runtime", "Generator", "GenerationResult", "StreamedToken", "TokenStream",
+           "TraceEntry", "DEFAULT_MODEL_DIR"]
 
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parents[1] / "default_model"
 PRECISIONS = ("fp32", "int8")
@@ -108,8 +109,8 @@ class Runtime:
             raise ValueError("use_halting=True but this model has no halting heads")
         return options
 
-    def encode(self, prompt: str | Ids[int]) -> np.ndarray:
-        """Prompt ids, BOS first when the model has one."""
+    def encode(self, prompt: str | Ids[int], bos: bool = True) -> np.ndarray:
+        """Prompt ids, BOS first when the model has one (and bos=True: a prompt's start)."""
         if isinstance(prompt, str):
             try:
                 ids = self.tokenizer.encode(prompt, add_special_tokens=False).ids
@@ -125,7 +126,8 @@ class Runtime:
             if bad:
                 raise ValueError(f"prompt ids must be ints in [0, vocab_size="
                                  f"{self.config.vocab_size}), got {bad[:5]}")
-        if self.config.bos_token_id is not None and (not ids or ids[0] != self.config.bos_token_id):
+        if (bos and self.config.bos_token_id is not None
+                and (not ids or ids[0] != self.config.bos_token_id)):
             ids = [self.config.bos_token_id] + ids
         if not ids:
             raise ValueError("the prompt is empty and this model has no BOS token to start from")
@@ -171,6 +173,15 @@ class Runtime:
         for _ in stream:
             pass
         return stream.result
+
+    def generator(self, prompt: str | Ids[int] | None = None,
+                  options: GenerationOptions | None = None, **overrides) -> Generator:
+        """A step-by-step Generator (its own KV state, kept across turns), the prompt appended
+        when given: gen.append(text_or_ids), gen.logits, gen.signals, gen.step()."""
+        gen = Generator(self, self.options(options, **overrides))
+        if prompt is not None:
+            gen.append(prompt)
+        return gen
 
     def _generate_many(self, ids: np.ndarray, options: GenerationOptions) -> list[GenerationResult]:
         count = options.num_return_sequences
