@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from tokenizers import Tokenizer
+from tokenizers.decoders import DecodeStream
 
 from .controller import TraceEntry
 from .options import GenerationOptions
@@ -38,28 +39,6 @@ class GenerationResult:
     stats: dict = field(default_factory=dict)
 
 
-class _TextStream:
-    """Incremental detokenisation (as Hugging Face's TextStreamer): decode only the ids since the
-    last emitted piece, against a short prefix, and hold text back while it ends in an
-    incomplete UTF-8 sequence (byte-level BPE). Special tokens (<eos>) add no text."""
-
-    def __init__(self, tokenizer: Tokenizer):
-        self.tokenizer, self.ids, self.emitted = tokenizer, [], ""
-        self.prefix = self.read = 0          # ids[prefix:read] decoded already, as context
-
-    def push(self, token: int) -> str:
-        self.ids.append(token)
-        decode = self.tokenizer.decode
-        before = decode(self.ids[self.prefix:self.read], skip_special_tokens=True)
-        text = decode(self.ids[self.prefix:], skip_special_tokens=True)
-        if len(text) <= len(before) or text.endswith("\ufffd"):
-            return ""
-        piece = text[len(before):]
-        self.prefix, self.read = self.read, len(self.ids)
-        self.emitted += piece
-        return piece
-
-
 class _TextOut:
     """The text a generation returns: detokenised pieces with stop strings cut off.
 
@@ -68,12 +47,15 @@ class _TextOut:
     taken back)."""
 
     def __init__(self, tokenizer: Tokenizer, stop: tuple[str, ...]):
-        self.detok, self.stop = _TextStream(tokenizer), stop
+        # tokenizers' own incremental decoder: it holds a piece back while it ends inside a
+        # UTF-8 sequence (byte-level BPE), and special tokens (<eos>) add no text
+        self.tokenizer, self.detok = tokenizer, DecodeStream(skip_special_tokens=True)
+        self.stop = stop
         self.pending, self.text, self.stopped = "", "", False
 
     def push(self, token: int, last: bool) -> str:
         """The text token adds (held back pieces included); everything pending when last."""
-        self.pending += self.detok.push(token)
+        self.pending += self.detok.step(self.tokenizer, token) or ""
         found = [i for i in (self.pending.find(s) for s in self.stop) if i >= 0]
         if found:
             self.stopped, last = True, True
