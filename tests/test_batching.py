@@ -87,6 +87,8 @@ def test_cancel_frees_the_slot_for_the_next_request(tiny):
     with Batcher(tiny, max_batch_size=1) as batcher:
         long = batcher.submit("def f(x):", max_new_tokens=200, ignore_eos=True)
         waiting = batcher.submit("x = [", max_new_tokens=5, ignore_eos=True)
+        never = batcher.submit("y = 1", max_new_tokens=5)
+        never.cancel()                                       # before it got a slot
         tokens = iter(long)
         first = [next(tokens).token_id for _ in range(3)]
         long.cancel()
@@ -95,6 +97,7 @@ def test_cancel_frees_the_slot_for_the_next_request(tiny):
             "x = [", max_new_tokens=5, ignore_eos=True).token_ids
     assert long.stop_reason == "cancelled" and long.result.token_ids[:3] == first
     assert len(first) + len(rest) < 200 and waiting.stop_reason == "max_new_tokens"
+    assert list(never) == [] and never.stop_reason == "cancelled" and never.result is None
 
 
 def test_batcher_takes_requests_from_many_threads(tiny):

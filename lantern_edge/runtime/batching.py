@@ -61,8 +61,11 @@ class Handle:
         self._queue.put(token)
 
     def _finish(self, result: GenerationResult | None, error: BaseException | None = None):
+        """End the request: result None when it was cancelled before it started."""
         if result is not None:
             self.result, self.stop_reason, self.stats = result, result.stop_reason, result.stats
+        else:
+            self.stop_reason = "cancelled"
         self._queue.put(error if error is not None else _END)
         self._done.set()
 
@@ -114,8 +117,11 @@ class Batcher:
         with self._wake:
             while not running and not self._waiting and not self._closing:
                 self._wake.wait()
-            while self._waiting and self.pool.free:
+            while self._waiting and (self.pool.free or self._cancel_all):
                 handle = self._waiting.popleft()
+                if handle._cancelled or self._cancel_all:       # never started
+                    handle._finish(None)
+                    continue
                 joining.append((handle, Generation(self.runtime, handle.ids, handle.options,
                                                    self.pool.acquire())))
         return joining

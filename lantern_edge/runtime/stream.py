@@ -18,6 +18,7 @@ from tokenizers.decoders import DecodeStream
 from .controller import TraceEntry
 from .options import GenerationOptions
 
+
 @dataclass
 class StreamedToken:
     text: str
@@ -30,10 +31,10 @@ class GenerationResult:
     text: str                             # new text only
     token_ids: list[int]                  # new ids only (no THINK)
     trace: list[TraceEntry]
-    stop_reason: str                      # max_new_tokens / eos / stop / max_position
+    stop_reason: str                      # max_new_tokens / eos / stop / max_position / cancelled
     prompt_tokens: int
     seconds: float
-    session_seconds: float                # time inside session.run
+    session_seconds: float                # time inside session calls (a batch's shared ones too)
     prefill_seconds: float = 0.0          # the prompt's forward pass, part of seconds
     prefill_session_seconds: float = 0.0  # the part of session_seconds spent in the prefill
     stats: dict = field(default_factory=dict)
@@ -62,8 +63,8 @@ class _TextOut:
             self.pending = self.pending[:min(found)]
         keep = 0 if last else max((n for s in self.stop for n in range(1, len(s))
                                     if self.pending.endswith(s[:n])), default=0)
-        piece, self.pending = self.pending[:len(self.pending) - keep], self.pending[
-            len(self.pending) - keep:]
+        cut = len(self.pending) - keep
+        piece, self.pending = self.pending[:cut], self.pending[cut:]
         self.text += piece
         return piece
 
@@ -165,6 +166,8 @@ class TokenStream:
 
     def close(self) -> None:
         self._steps.close()
+        if self.stop_reason is None:              # closed before its first token
+            self.stop_reason = "cancelled"
 
     def _run(self, ids: np.ndarray):
         from .decode import SINGLE
