@@ -75,7 +75,8 @@ class HostPass:
         out = seq.run("block", seq.engine.blocks[b], {
             "hidden": self.hidden, "positions": self.positions,
             "past_key": np.ascontiguousarray(kv.keys[b, i]),          # a copy only in a pool
-            "past_value": np.ascontiguousarray(kv.values[b, i]), "attn_bias": self.bias})
+            "past_value": np.ascontiguousarray(kv.values[b, i]), "attn_bias": self.bias,
+            **seq.engine.stored_slots})
         self.hidden, self.key, self.value = out[:3]
         kv.write(b, i, self.key, self.value, self.tokens, self.slots)
         return float(out[3][0, -1]) if len(out) > 3 else None
@@ -192,7 +193,7 @@ class Sequence:
                 "hidden": step.mc_input, "positions": positions,
                 "past_key": np.ascontiguousarray(self.kv.keys[b, i]),
                 "past_value": np.ascontiguousarray(self.kv.values[b, i]), "attn_bias": bias,
-                **masks})[0]
+                **masks, **self.engine.stored_slots})[0]
         return self.run("lm_head", self.engine.lm_head, {"hidden": hidden})[0][:, 0]
 
     def signals(self, logits: np.ndarray, weights: np.ndarray) -> dict[str, np.ndarray]:

@@ -1,15 +1,14 @@
 """The ONNX Runtime sessions of one artifacts directory: loaded once, shared, never mutated.
 
 An `Engine` holds only what every generation shares: the sessions (embed, one per block,
-mc_step, lm_head, uncertainty, on the device path the KV write graph, and once batching is used
-the batched block and mc_step graphs), the model config and the providers. ORT sessions may be run from several threads at once, so any number of
+mc_step, lm_head, uncertainty, and on the device path the KV write graph), the model config and
+the providers. ORT sessions may be run from several threads at once, so any number of
 generations (decode.py's `Sequence`, each with its own KV state and bindings) use one Engine.
 """
 
 from __future__ import annotations
 
-import threading
-
+import numpy as np
 import onnxruntime as ort
 
 from ..errors import ArtifactError
@@ -18,6 +17,7 @@ from .device_kv import kv_write_model
 from .protobuf import stored_slots_variable
 
 SIGNALS = ("entropy", "p_max", "dispersion", "score")
+SLOTS_INPUT = "stored_slots"          # the stored-slot count input of the edited graphs
 
 
 def available_providers() -> list[str]:
@@ -66,17 +66,34 @@ class Engine:
             raise ValueError(f"intra_op_threads must be an int >= 1 or None, got {intra_op_threads}")
         threads = intra_op_threads or 1
 
-        def session(path, n_threads=threads):
+        def session(path, graph: bytes | None = None):
+            options = session_options(threads)
+            if graph is not None:       # edited bytes: their external data is beside the file
+                options.add_session_config_entry(
+                    "session.model_external_initializers_file_folder_path", str(path.parent))
             try:
-                return ort.InferenceSession(str(path), session_options(n_threads),
-                                            providers=self.providers)
+                return ort.InferenceSession(graph or str(path), options, providers=self.providers)
             except Exception as e:  # ORT raises its own Fail/InvalidGraph types
                 raise ArtifactError(f"onnxruntime cannot load {path}: {e}") from e
 
         self.embed = session(artifacts.graph(precision, "embed"))
-        self.blocks = [session(artifacts.graph(precision, "blocks", b))
-                       for b in range(cfg.num_blocks)]
-        self.mc = session(artifacts.graph(precision, "mc_step"))
+        # The block and MC-step graphs with a variable number of stored KV slots (protobuf.py),
+        # so that one session serves one sequence (K slots, fed stored_slots = [K]: the same
+        # outputs as the exported graph, bit for bit) and a batch side by side (pool.py), with
+        # the weights loaded once. A graph of another shape loads as exported, unbatchable.
+        paths = [artifacts.graph(precision, "blocks", b) for b in range(cfg.num_blocks)]
+        paths.append(artifacts.graph(precision, "mc_step"))
+        stored = cfg.window_size + cfg.max_global_tokens
+        try:
+            graphs = [stored_slots_variable(path.read_bytes(), stored, slots_input=SLOTS_INPUT)
+                      for path in paths]
+            self.unbatchable = None
+            self.stored_slots = {SLOTS_INPUT: np.array([stored], np.int64)}
+        except (ValueError, KeyError, IndexError) as e:      # not the exporter's graph shape
+            graphs = [None] * len(paths)
+            self.unbatchable = f"{paths[0].name} cannot take a batch ({e})"
+            self.stored_slots = {}
+        *self.blocks, self.mc = [session(path, graph) for path, graph in zip(paths, graphs)]
         # One thread per session by default, the LM head included: with spinning off (needed so
         # the sessions do not fight) and another process on the second core, a second thread
         # measured slower for a 4096-vocab head (42.6 us at 1 thread vs 49.5 us at 2).
@@ -94,30 +111,3 @@ class Engine:
                           if kv_on_device else None)
         # one-token decode through IO binding to host buffers (bindings.py) on the CPU provider
         self.bind_host = not kv_on_device and self.providers[0] == "CPUExecutionProvider"
-        self._precision, self._threads = precision, threads
-        self._batched: tuple | None = None
-        self._batched_lock = threading.Lock()
-
-    def batched(self) -> tuple[list[ort.InferenceSession], ort.InferenceSession]:
-        """(block sessions, mc_step session) that attend over any number of stored slots (see
-        protobuf.stored_slots_variable): what batch.py runs several sequences through. Loaded
-        on first use, once, and shared like the others."""
-        with self._batched_lock:
-            if self._batched is None:
-                cfg, art = self.config, self.artifacts
-                stored = cfg.window_size + cfg.max_global_tokens
-
-                def session(path):
-                    options = session_options(self._threads)
-                    # the edited graph comes as bytes: its external data is beside the file
-                    options.add_session_config_entry(
-                        "session.model_external_initializers_file_folder_path", str(path.parent))
-                    try:
-                        graph = stored_slots_variable(path.read_bytes(), stored)
-                        return ort.InferenceSession(graph, options, providers=self.providers)
-                    except Exception as e:  # ValueError, or ORT's own Fail/InvalidGraph types
-                        raise ArtifactError(f"{path} cannot be batched: {e}") from e
-                self._batched = ([session(art.graph(self._precision, "blocks", b))
-                                  for b in range(cfg.num_blocks)],
-                                 session(art.graph(self._precision, "mc_step")))
-            return self._batched

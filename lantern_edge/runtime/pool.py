@@ -24,10 +24,9 @@ import time
 import numpy as np
 
 from .decode import FeedResult, Sequence
-from .engine import SIGNALS, Engine
+from .engine import SIGNALS, SLOTS_INPUT, Engine
 from .kv_state import KVState
 
-SLOTS_INPUT = "stored_slots"          # the input protobuf.stored_slots_variable adds
 GROUP = 4                             # sequences per shard (one block call per shard)
 
 
@@ -35,6 +34,9 @@ class Pool:
     def __init__(self, engine: Engine, capacity: int, group: int = GROUP):
         if not isinstance(capacity, int) or capacity < 1:
             raise ValueError(f"the batch size must be an int >= 1, got {capacity!r}")
+        if engine.unbatchable:
+            raise ValueError(f"this model cannot decode in batches: {engine.unbatchable}; "
+                             f"re-export it with this lantern-edge")
         cfg = self.config = engine.config
         self.engine, self.capacity = engine, capacity
         self.group = min(group, capacity)
@@ -44,7 +46,7 @@ class Pool:
         shards = -(-capacity // self.group)
         self.keys = [np.zeros(shape, np.float32) for _ in range(shards)]
         self.values = [np.zeros(shape, np.float32) for _ in range(shards)]
-        self.blocks, self.mc = engine.batched()
+        self.blocks, self.mc = engine.blocks, engine.mc
         self.slots = np.array([self.width], np.int64)
         self._free = list(range(capacity))[::-1]
         self._index: dict[int, int] = {}             # id(Sequence) -> its place in the pool
