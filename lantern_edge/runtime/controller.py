@@ -14,6 +14,7 @@ Bands of U = a*H + b*dispersion - c*p_max:
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -125,16 +126,18 @@ class Controller:
             for k, out in zip(deep, self._go_deep(runner, [gens[k] for k in deep],
                                                   [entries[k] for k in deep])):
                 logits[k] = out
+        # the model's distributions, one softmax for all rows (before temperature, filters and
+        # repetition rules); the high band's is its MC mean
+        model_probs = softmax(np.stack(logits))
         for k, (g, e) in enumerate(zip(gens, entries)):
             o = g.options
             scale = o.refined_temperature if e.band == "moderate" else 1.0
             rules = penalize(logits[k], g.history, o.repetition_penalty, o.no_repeat_ngram_size)
             e.token_id = choose(rules, o.do_sample, o.temperature * scale, o.top_k, o.top_p,
                                 g.rng, self.suppress, o.min_p)
-            # the model's distribution (before temperature, filters and repetition rules)
-            probs = chosen_from[k] if k in chosen_from else softmax(logits[k])
+            probs = chosen_from[k] if k in chosen_from else model_probs[k]
             e.probability = float(probs[e.token_id])
-            e.logprob = float(np.log(max(e.probability, 1e-45)))
+            e.logprob = math.log(max(e.probability, 1e-45))
             if o.logprobs is not None:
                 e.top_logprobs = [(i, "", lp) for i, lp in top_logprobs(probs, o.logprobs)]
             _logged(e, g.step.position)
