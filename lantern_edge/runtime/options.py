@@ -52,6 +52,11 @@ class GenerationOptions:
     top_k: int | None = None              # keep the k most likely tokens
     top_p: float | None = None            # nucleus: keep the smallest set with mass >= top_p
     seed: int | None = None               # seeds sampling and the MC-dropout masks
+    min_p: float | None = None            # keep tokens with p >= min_p * p(most likely)
+    repetition_penalty: float = 1.0       # > 1: tokens of the prompt and output less likely
+    no_repeat_ngram_size: int = 0         # n > 0: never repeat an n-gram of the prompt and output
+    logprobs: int | None = None           # N: the N most likely tokens' logprobs in each trace entry
+    num_return_sequences: int = 1         # generate(): n sampled sequences, decoded as one batch
     # adaptive compute (None: the manifest's value)
     adaptive: bool = True                 # False: the fixed steps_base path, no signals
     steps_base: int | None = None         # iterations per block, cheap path
@@ -99,6 +104,19 @@ class GenerationOptions:
                  self.top_p, "None or in (0, 1]")
         _require(self.seed is None or _is_int(self.seed) and self.seed >= 0, "seed", self.seed,
                  "None or an int >= 0")
+        _require(self.min_p is None or (_is_number(self.min_p) and 0 <= self.min_p <= 1), "min_p",
+                 self.min_p, "None or in [0, 1]")
+        _require(_is_number(self.repetition_penalty) and self.repetition_penalty > 0,
+                 "repetition_penalty", self.repetition_penalty, "a finite number > 0 (1: off)")
+        _require(_is_int(self.no_repeat_ngram_size) and self.no_repeat_ngram_size >= 0,
+                 "no_repeat_ngram_size", self.no_repeat_ngram_size, "an int >= 0 (0: off)")
+        _require(self.logprobs is None or (_is_int(self.logprobs) and 0 <= self.logprobs <= 20),
+                 "logprobs", self.logprobs, "None or an int in [0, 20]")
+        _require(_is_int(self.num_return_sequences) and self.num_return_sequences >= 1,
+                 "num_return_sequences", self.num_return_sequences, "an int >= 1")
+        _require(self.num_return_sequences == 1 or self.do_sample, "num_return_sequences",
+                 self.num_return_sequences, "1 with greedy decoding (n greedy sequences are "
+                 "all the same); set do_sample=True")
         optional = lambda name: getattr(self, name) is None  # noqa: E731 (the model's value)
         _require(optional("steps_base") or _is_int(self.steps_base) and self.steps_base >= 1,
                  "steps_base", self.steps_base, "an int >= 1")
