@@ -164,3 +164,53 @@ def test_repetition_rules_and_min_p(tiny):
     assert sampled.token_ids == plain.token_ids
     with pytest.raises(ValueError, match="repetition_penalty must be a finite number > 0"):
         tiny.generate("x", repetition_penalty=0)
+
+
+def _batched_and_alone(runtime, requests, batch_size):
+    alone = [runtime.generate(prompt, **kw) for prompt, kw in requests]
+    with Batcher(runtime, max_batch_size=batch_size) as batcher:
+        handles = [batcher.submit(prompt, **kw) for prompt, kw in requests]
+        for handle in handles:
+            handle.wait()
+    for handle, expected in zip(handles, alone):
+        assert_same_generation(handle.result, expected)
+    return alone
+
+
+def test_batched_equals_unbatched_on_the_default_model():
+    """Healing (a prompt ending in a newline), every band, the deep action both ways (THINK and
+    the continued token), as the shipped model decodes them alone."""
+    runtime = Runtime()
+    modes = [FORCED["confident"], FORCED["high"], dict(FORCED["very_high"], inject_think=True),
+             dict(FORCED["very_high"], inject_think=False), dict(use_halting=True)]
+    requests = [(prompt, dict(mode, max_new_tokens=6, ignore_eos=True, seed=i,
+                              do_sample=i % 2 == 0))
+                for i, (prompt, mode) in enumerate(zip(
+                    ["def f(x):\n", "import os\n", "class A:", "x = [", "for i in"], modes))]
+    alone = _batched_and_alone(runtime, requests, 3)
+    assert {t.band for r in alone for t in r.trace} >= {"confident", "high", "very_high"}
+    assert any(t.deepened for r in alone for t in r.trace)
+    assert any(t.think_injected for r in alone for t in r.trace)
+
+
+def test_batched_equals_unbatched_on_depth_models(depth_artifacts):
+    """Both recursion orders, with and without input injection, the depth probe as trigger,
+    continuation and THINK, halting: each request decodes in a batch as it does alone (cycle
+    order and injection take the single-sequence path inside the batched step)."""
+    _, root = depth_artifacts
+    runtime = Runtime(root)
+    modes = [FORCED["very_high"], dict(FORCED["very_high"], inject_think=False),
+             dict(deep_trigger="probe", tau_probe=0.5),
+             dict(FORCED["high"], use_halting=True, halting_threshold=0.3, steps_base=4),
+             dict(FORCED["very_high"], use_halting=True, halting_threshold=0.001, steps_base=3),
+             dict(adaptive=False)]
+    requests = [(prompt, dict(mode, max_new_tokens=14, ignore_eos=True, seed=i,
+                              do_sample=i % 2 == 1))
+                for i, (prompt, mode) in enumerate(zip(
+                    ["0123", "abc", "=>?@", "5555", "hello", "ok"], modes))]
+    alone = _batched_and_alone(runtime, requests, 3)
+    traces = [t for r in alone for t in r.trace]
+    assert any(t.deepened for t in traces) and any(t.think_injected for t in traces)
+    assert all(t.p_benefit is not None for t in traces if t.band is not None)
+    assert any(min(t.iterations) < kw.get("steps_base", 2)                  # halting cut some
+               for (_, kw), r in zip(requests, alone) for t in r.trace)
