@@ -195,8 +195,7 @@ def test_batched_equals_unbatched_on_the_default_model():
 
 def test_batched_equals_unbatched_on_depth_models(depth_artifacts):
     """Both recursion orders, with and without input injection, the depth probe as trigger,
-    continuation and THINK, halting: each request decodes in a batch as it does alone (cycle
-    order and injection take the single-sequence path inside the batched step)."""
+    continuation and THINK, halting: each request decodes in a batch as it does alone."""
     _, root = depth_artifacts
     runtime = Runtime(root)
     modes = [FORCED["very_high"], dict(FORCED["very_high"], inject_think=False),

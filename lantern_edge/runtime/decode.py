@@ -199,17 +199,21 @@ class Sequence:
         resumes from its state after the iterations it ran (their KV is stored) and runs on to
         `depth`; the later blocks re-run from their new input (docs/DEPTH.md).
         """
+        start = self.resume_from(step, depth)
+        return self._loop(self.one, np.array([step.token], np.int64), depth, None,
+                          step, start)
+
+    def resume_from(self, step: FeedResult, depth: int) -> list[int]:
+        """Begin continuing the newest token (deepen; pool.py's batched continuation): check,
+        forget its slot, and return the iteration each block starts from."""
         cfg = self.config
         self.check_step(step.position, depth)
         if step.position != self.kv.length - 1 or step.resume is None:
             raise ValueError("deepen continues the newest token only, from its own FeedResult")
-        if cfg.recursion_order == "cycle":
-            start = [min(step.iterations)] * cfg.num_blocks
-        else:
-            start = [step.iterations[0]] + [0] * (cfg.num_blocks - 1)
         self.kv.rewind()                      # its slot is rewritten; earlier KV stays valid
-        return self._loop(self.one, np.array([step.token], np.int64), depth, None,
-                          step, start)
+        if cfg.recursion_order == "cycle":
+            return [min(step.iterations)] * cfg.num_blocks
+        return [step.iterations[0]] + [0] * (cfg.num_blocks - 1)
 
     def _loop(self, pass_, ids: np.ndarray, depth: int, halting: float | None,
               resume: FeedResult | None = None, start: list[int] | None = None) -> FeedResult:

@@ -9,8 +9,12 @@ K slots and itself, so each token attends exactly to what it would alone. Every 
 scores all group * K slots, so the attention work grows with the group while the weights are
 read once per call: groups of 4 keep the masked-out attention below the block's matrix work for
 the default model's shape (C = 256, K = 144). Embed, LM head and uncertainty head batch every
-sequence in one call (their rows are independent). With halting, the tokens still iterating
-after an iteration continue as a smaller batch.
+sequence in one call (their rows are independent). The (block, iteration) schedule is the
+model's recursion order (sequence or cycle), with input injection (inject.onnx, row-independent)
+where the model has it; with halting, and in a continuation (the very high band's deepened
+token, which resumes each row from its own start iteration), the rows still iterating at a
+(block, iteration) run it as a smaller batch. So every decode step of every model is batched;
+only the prompts are not.
 
 Each pooled `Sequence` keeps its own KVState over its K slots of the pool (its prompt is fed
 through its own host pass); the pool is the controller's runner for the decode steps.
@@ -48,11 +52,6 @@ class Pool:
         self.values = [np.zeros(shape, np.float32) for _ in range(shards)]
         self.blocks, self.mc = engine.blocks, engine.mc
         self.slots = np.array([self.width], np.int64)
-        # The shared block calls below run the sequence order without input injection. Models
-        # in cycle order or with injection decode each sequence through its own host pass over
-        # its pooled KV (Sequence.feed: correct, not batched); embed, signals, MC and LM head
-        # calls are batched for every model.
-        self.batched_blocks = cfg.recursion_order == "sequence" and not cfg.input_injection
         self._free = list(range(capacity))[::-1]
         self._index: dict[int, int] = {}             # id(Sequence) -> its place in the pool
         self._lock = threading.Lock()
@@ -106,13 +105,18 @@ class Pool:
         return {shard: np.array(rows) for shard, rows in shards.items()}
 
     def feed(self, seqs: list[Sequence], tokens: list[int], depth: int,
-             halting: list[float | None]) -> list[FeedResult]:
+             halting: list[float | None],
+             resume: list[FeedResult] | None = None) -> list[FeedResult]:
         """One new token for each sequence, `depth` iterations of every block (fewer for a
-        sequence whose p_halt reaches its halting threshold)."""
-        if not self.batched_blocks:
-            return [seq.feed(np.array([token], np.int64), depth, halt)
-                    for seq, token, halt in zip(seqs, tokens, halting)]
+        sequence whose p_halt reaches its halting threshold), in the model's recursion order
+        with its input injection: decode.Sequence._loop for a batch. resume: continue each
+        sequence's newest token from its FeedResult instead (Sequence.deepen for a batch)."""
         cfg, engine, n = self.config, self.engine, len(seqs)
+        cycle, last = cfg.recursion_order == "cycle", cfg.num_blocks - 1
+        start = np.zeros((cfg.num_blocks, n), np.int64)
+        if resume is not None:
+            for j, (seq, step) in enumerate(zip(seqs, resume)):
+                start[:, j] = seq.resume_from(step, depth)
         local = np.array([self._index[id(s)] % self.group for s in seqs])
         positions, begun, rows = np.empty(n, np.int64), [], []
         for j, (seq, token) in enumerate(zip(seqs, tokens)):
@@ -123,65 +127,82 @@ class Pool:
             begun.append((position, is_global, slot))
             rows.append(row)
         columns = local * self.stored + np.array([b[2] for b in begun], np.int64)
-        hidden = self._run(seqs, "embed", engine.embed,
-                           {"input_ids": np.asarray(tokens, np.int64), "positions": positions})[0]
-        mc_input = np.empty_like(hidden)
-        iterations = np.zeros((cfg.num_blocks, n), np.int64)
-        halts: list[list[float | None]] = [[None] * n for _ in range(cfg.num_blocks)]
+        if resume is None:
+            hidden = self._run(seqs, "embed", engine.embed, {
+                "input_ids": np.asarray(tokens, np.int64), "positions": positions})[0]
+            embedded = hidden.copy() if cfg.input_injection else None
+            halts: list[list[float | None]] = [[None] * n for _ in range(cfg.num_blocks)]
+        else:
+            hidden = np.concatenate([step.resume for step in resume], axis=1)
+            embedded = (np.concatenate([step.embedded for step in resume], axis=1)
+                        if cfg.input_injection else None)
+            halts = [[step.halting[b] for step in resume] for b in range(cfg.num_blocks)]
+        # sequence order: the state after block 0, where a continuation resumes block 0 from
+        block0 = hidden.copy()
+        mc_input = hidden.copy()          # the input of the last block's last iteration
+        done, stop = start.copy(), np.full((cfg.num_blocks, n), depth, np.int64)
         limits = np.array([np.inf if h is None else h for h in halting])
         shards = [(s, js, self._bias([rows[j] for j in js], local[js].tolist()))
                   for s, js in self._shards(seqs).items()]
-        for b, session in enumerate(self.blocks):
-            key = np.empty((cfg.num_heads, n, cfg.head_dim), np.float32)
-            value = np.empty_like(key)
+        for b, i in cfg.schedule(depth):
             for shard, js, bias in shards:
+                runs = (start[b, js] <= i) & (i < stop[b, js])       # positions within js
+                if not runs.any():
+                    continue
+                act = js[runs]
+                if cfg.injects(b, i):
+                    hidden[:, act] = self._run([seqs[j] for j in act], "inject", engine.inject,
+                                               {"hidden": hidden[:, act],
+                                                "embedded": embedded[:, act]})[0]
+                sub_bias = bias if runs.all() else np.concatenate(
+                    [bias[runs, :self.width],
+                     np.where(np.eye(len(act), dtype=bool), np.float32(0), np.float32(-np.inf))],
+                    axis=1)
+                if b == last:
+                    mc_input[:, act] = hidden[:, act]
                 keys, values = self.keys[shard][b], self.values[shard][b]
-                active = np.arange(len(js))                  # positions within js
-                for i in range(depth):
-                    rows_ = js[active]
-                    sub_bias = bias if len(active) == len(js) else np.concatenate(
-                        [bias[active, :self.width],
-                         np.where(np.eye(len(active), dtype=bool), np.float32(0),
-                                  np.float32(-np.inf))], axis=1)
-                    if b == cfg.num_blocks - 1:
-                        mc_input[:, rows_] = hidden[:, rows_]
-                    out = self._run([seqs[j] for j in rows_], "block", session, {
-                        "hidden": hidden[:, rows_], "positions": positions[rows_],
-                        "past_key": keys[i], "past_value": values[i], "attn_bias": sub_bias,
-                        SLOTS_INPUT: self.slots})
-                    hidden[:, rows_] = out[0]
-                    key[:, rows_], value[:, rows_] = out[1][0], out[2][0]
-                    keys[i][:, columns[rows_]] = out[1][0]
-                    values[i][:, columns[rows_]] = out[2][0]
-                    iterations[b, rows_] = i + 1
-                    if len(out) > 3:
-                        p_halt = out[3][0]
-                        for jj, j in enumerate(rows_):
-                            halts[b][j] = float(p_halt[jj])
-                        active = active[p_halt < limits[rows_]]
-                    if not len(active):
-                        break
-                for j in js:                             # carried-KV policy: deeper iterations
-                    done = int(iterations[b, j])
-                    if done < cfg.steps_reasoning:
-                        keys[done:, :, columns[j]] = key[:, j]
-                        values[done:, :, columns[j]] = value[:, j]
-            if b == 0:                  # where Sequence.deepen resumes block 0 from
-                block0 = hidden.copy()
+                out = self._run([seqs[j] for j in act], "block", self.blocks[b], {
+                    "hidden": hidden[:, act], "positions": positions[act],
+                    "past_key": keys[i], "past_value": values[i], "attn_bias": sub_bias,
+                    SLOTS_INPUT: self.slots})
+                hidden[:, act] = out[0]
+                key, value = out[1][0], out[2][0]                 # [H, len(act), D]
+                keys[i][:, columns[act]] = key
+                values[i][:, columns[act]] = value
+                done[b, act] = i + 1
+                if len(out) > 3:
+                    for j, p_halt in zip(act, out[3][0]):
+                        halts[b][j] = float(p_halt)
+                        if p_halt >= limits[j]:
+                            if not cycle:
+                                stop[b, j] = i + 1
+                            elif b == last:
+                                stop[:, j] = i + 1
+                # carried-KV policy (as Sequence._loop): deeper iterations get this one's KV;
+                # sequence order once after the block's last iteration, cycle order every time
+                ends = np.ones(len(act), bool) if cycle else stop[b, act] == i + 1
+                if i + 1 < cfg.steps_reasoning and ends.any():
+                    keys[i + 1:, :, columns[act[ends]]] = key[:, ends]
+                    values[i + 1:, :, columns[act[ends]]] = value[:, ends]
+                if b == 0 and not cycle:
+                    block0[:, act[ends]] = hidden[:, act[ends]]
         for seq, (position, is_global, slot) in zip(seqs, begun):
             seq.kv.commit_slot(position, slot, is_global)
         logits = self._run(seqs, "lm_head", engine.lm_head, {"hidden": hidden})[0][0]
-        return [FeedResult(logits[j:j + 1], iterations[:, j].tolist(),
+        state = hidden if cycle else block0
+        return [FeedResult(logits[j:j + 1], done[:, j].tolist(),
                            [halts[b][j] for b in range(cfg.num_blocks)], begun[j][0],
                            begun[j][1], mc_input[:, j:j + 1].copy(), int(tokens[j]),
-                           iterations[:, j].tolist(), block0[:, j:j + 1].copy(), None,
+                           (done[:, j] - start[:, j]).tolist(), state[:, j:j + 1].copy(),
+                           resume[j].embedded if resume is not None
+                           else embedded[:, j:j + 1].copy() if embedded is not None else None,
                            hidden[0, j:j + 1].copy() if engine.has_probe else None)
                 for j in range(n)]
 
     def deepen(self, gens: list, depth: int) -> list[FeedResult]:
-        """The very high band's continuation of each generation's newest token: through its
-        own host pass (Sequence.deepen), one sequence at a time."""
-        return [g.seq.deepen(g.step, depth) for g in gens]
+        """The very high band's continuation of each generation's newest token, batched."""
+        return self.feed([g.seq for g in gens], [g.step.token for g in gens], depth,
+                         [None] * len(gens), [g.step for g in gens])
 
     def signals(self, gens: list, weights: np.ndarray) -> dict[str, np.ndarray]:
         feeds = {"logits": np.stack([g.step.logits[-1] for g in gens]), "weights": weights}
