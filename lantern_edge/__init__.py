@@ -5,10 +5,11 @@ tokenizers, never torch.
 """
 
 from .errors import ArtifactError, CheckpointError, LanternError, TokenizerError
-from .runtime.generate import GenerationResult, Runtime, StreamedToken, TokenStream, TraceEntry
+from .runtime.generate import (GenerationResult, Generator, Runtime, StreamedToken, TokenStream,
+                               TraceEntry)
 from .runtime.options import GenerationOptions
 from .version import __version__
 
-__all__ = ["Runtime", "GenerationOptions", "GenerationResult", "StreamedToken", "TokenStream",
-           "TraceEntry",
+__all__ = ["Runtime", "GenerationOptions", "GenerationResult", "Generator", "StreamedToken",
+           "TokenStream", "TraceEntry",
            "ArtifactError", "CheckpointError", "TokenizerError", "LanternError", "__version__"]

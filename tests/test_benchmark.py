@@ -39,7 +39,8 @@ def test_bench_end_to_end(bench_artifacts, tmp_path, capsys):
     out = tmp_path / "results"
     rc = lantern_main(["bench", "--model", str(bench_artifacts), "--tokens", "4", "12",
                        "--prompt-lengths", "8", "300", "--threads", "1", "--repeats", "1",
-                       "--band-tokens", "6", "--time-box", "0", "-o", str(out)])
+                       "--band-tokens", "6", "--time-box", "0", "--concurrency", "1", "3",
+                       "--concurrency-tokens", "5", "-o", str(out)])
     assert rc == 0
     printed = capsys.readouterr().out
     results = json.loads((out / "bench.json").read_text())
@@ -92,7 +93,14 @@ def test_bench_end_to_end(bench_artifacts, tmp_path, capsys):
     for bound in results["bounds"]:
         assert 0 < bound["lower_us"] <= bound["upper_us"] <= bound["worst_token_us"]
 
-    for heading in ("## Decode", "## Time to first token", "## Peak RSS", "## Cost shape"):
+    # concurrency: S streams on one model, by threads and batched, every token there
+    rows = {(r["mode"], r["streams"]): r for r in results["concurrency"]}
+    assert set(rows) == {(mode, s) for mode in ("threads", "batched") for s in (1, 3)}
+    for (_mode, streams), row in rows.items():
+        assert row["tokens"] == 5 * streams and row["tok_s"] > 0 and row["peak_rss_mib"] > 0
+
+    for heading in ("## Decode", "## Time to first token", "## Peak RSS", "## Cost shape",
+                    "## Concurrent streams"):
         assert heading in markdown
     assert all(label in markdown for label in LABELS)
     assert " est. [" in markdown and "does not fit max_position=256" in markdown
@@ -105,7 +113,8 @@ def test_bench_rebuilds_the_reference_and_skips_what_it_cannot_run(tiny_artifact
     out = tmp_path / "results"
     rc = lantern_main(["bench", "--model", str(tiny_artifacts), "--tokens", "4",
                        "--prompt-lengths", "8", "--threads", "1", "--repeats", "1",
-                       "--configs", "pytorch-kv", "onnx-fp32", "onnx-int8", "-o", str(out)])
+                       "--configs", "pytorch-kv", "onnx-fp32", "onnx-int8", "--concurrency",
+                       "-o", str(out)])
     assert rc == 0
     results = json.loads((out / "bench.json").read_text())
     reasons = {c["name"]: c["skipped"] for c in results["configurations"]}

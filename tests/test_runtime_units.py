@@ -9,7 +9,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from lantern_edge import GenerationOptions
 from lantern_edge.model.config import ModelConfig
 from lantern_edge.runtime.controller import band_of, dropout_masks
-from lantern_edge.runtime.stream import _TextStream
+from lantern_edge.runtime.stream import _TextOut
 from lantern_edge.runtime.kv_state import KVState
 from lantern_edge.runtime.sampling import choose, entropy, filter_logits, mc_summary, softmax
 
@@ -167,11 +167,26 @@ def byte_bpe():
 def test_text_stream_pieces_join_to_the_full_decode(byte_bpe):
     text = "déf naïve(ß): return '🚀' + \"ok\"\n"
     ids = byte_bpe.encode(text).ids + [byte_bpe.token_to_id("<eos>")]
-    stream = _TextStream(byte_bpe)
-    pieces = [stream.push(i) for i in ids]
-    assert "".join(pieces) == text == stream.emitted             # <eos> adds no text
+    stream = _TextOut(byte_bpe, ())
+    pieces = [stream.push(i, last=False) for i in ids]
+    assert "".join(pieces) == text == stream.text                # <eos> adds no text
     assert "\ufffd" not in "".join(pieces)
     assert "" in pieces[:-1]                   # a multi-byte character was held back at least once
+
+
+def test_stop_strings_are_cut_and_their_prefixes_held_back(byte_bpe):
+    ids = byte_bpe.encode("x = 1 + 1\nreturn x\n").ids
+    stream = _TextOut(byte_bpe, ("\nret", "1 -"))
+    pieces = []
+    for i in ids:
+        pieces.append(stream.push(i, last=False))
+        if stream.stopped:
+            break
+    # "1 " might begin "1 -" until "+" shows it does not; "\nret" ends the text
+    assert "".join(pieces) == stream.text == "x = 1 + 1" and stream.stopped
+    assert all("\n" not in p for p in pieces)
+    flushed = _TextOut(byte_bpe, ("zzz",))
+    assert "".join(flushed.push(i, last=i == ids[-1]) for i in ids) == "x = 1 + 1\nreturn x\n"
 
 
 def test_mc_summary_is_the_mutual_information():

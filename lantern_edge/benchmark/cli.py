@@ -45,6 +45,10 @@ def _parser() -> argparse.ArgumentParser:
                         "are timed at a few sequence lengths and interpolated (marked est.)")
     p.add_argument("--band-tokens", type=int, default=None, metavar="N",
                    help="new tokens per cost-shape run (default: the smallest --tokens)")
+    p.add_argument("--concurrency", type=int, nargs="*", default=[1, 4, 16], metavar="S",
+                   help="concurrent streams on one model (threads and batched); none: skip")
+    p.add_argument("--concurrency-tokens", type=int, default=None, metavar="N",
+                   help="new tokens per concurrent stream (default: the smallest --tokens)")
     p.add_argument("--configs", nargs="+", choices=NAMES, default=list(NAMES), metavar="NAME",
                    help=f"configurations to run, among: {', '.join(NAMES)}")
     p.add_argument("-o", "--output", type=Path, default=Path("bench_results"), metavar="DIR",
@@ -81,7 +85,8 @@ def main(argv: list[str] | None = None) -> int:
             model=model.parent if model.is_file() else model, checkpoint=args.checkpoint,
             tokens=tuple(args.tokens), prompt_lengths=tuple(args.prompt_lengths),
             threads=tuple(args.threads), repeats=args.repeats, time_box=args.time_box,
-            band_tokens=args.band_tokens, configurations=tuple(args.configs))
+            band_tokens=args.band_tokens, concurrency=tuple(args.concurrency),
+            concurrency_tokens=args.concurrency_tokens, configurations=tuple(args.configs))
         results = run_benchmark(settings, progress,
                                 " ".join(["lantern-edge bench", shlex.join(argv)]).strip())
     except (LanternError, ValueError) as e:
@@ -93,7 +98,8 @@ def main(argv: list[str] | None = None) -> int:
     (args.output / "BENCH.md").write_text(markdown, encoding="utf-8")
     print(markdown)
     print(f"wrote {args.output / 'bench.json'} and {args.output / 'BENCH.md'}", file=sys.stderr)
-    failed = [r for section in ("decode", "ttft", "cost_shape") for r in results[section]
+    failed = [r for section in ("decode", "ttft", "cost_shape", "concurrency")
+              for r in results[section]
               if r.get("error")]
     if failed:
         print(f"lantern-edge bench: {len(failed)} measurement(s) failed (see the notes)",

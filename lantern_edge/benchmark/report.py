@@ -147,6 +147,28 @@ def bounds_table(results: dict) -> list[str]:
     return _table(header, rows)
 
 
+def concurrency_table(results: dict, notes: _Notes) -> list[str]:
+    """Aggregate tok/s of S streams on one model, against one stream alone (generate() on its
+    own: the threads row at S=1), and peak RSS against that row's."""
+    rows_in = results.get("concurrency", [])
+    header = ["mode", "thr", "streams", "tok/stream", "aggregate tok/s", "vs 1 stream",
+              "peak RSS MiB", "vs 1 stream"]
+    base = {r["threads"]: r for r in rows_in
+            if r["mode"] == "threads" and r["streams"] == 1 and "tok_s" in r}
+    rows = []
+    for r in rows_in:
+        head = [r["mode"], str(r["threads"]), str(r["streams"]), str(r["tokens_requested"])]
+        missing = _missing(r, notes)
+        if missing:
+            rows.append(head + [missing] + ["–"] * (len(header) - 5))
+            continue
+        one = base.get(r["threads"])
+        rows.append(head + [_num(r["tok_s"]), _ratio(one and r["tok_s"] / one["tok_s"]),
+                            _num(r["peak_rss_mib"], 1),
+                            _ratio(one and r["peak_rss_mib"] / one["peak_rss_mib"])])
+    return _table(header, rows)
+
+
 def agreement_lines(results: dict) -> list[str]:
     lines = []
     for r in results["decode"]:
@@ -230,6 +252,17 @@ def render(results: dict) -> str:
             "fixed path computes no uncertainty signals, so it can sit below the lower bound; "
             "the adaptive run (the manifest's thresholds) mixes the bands.", ""]
     out += bounds_table(results)
+    if results.get("concurrency"):
+        out += ["", "## Concurrent streams", "",
+                "S streams at once on one loaded model (fp32, the manifest's adaptive "
+                "controller, greedy): \"threads\": S threads each calling `generate()` (each "
+                "generation its own state, unbatched calls); \"batched\": one `Batcher` "
+                "(max_batch_size=S) decoding them together, one graph call per kind per step. "
+                "Aggregate tok/s: all new tokens over the wall time from the first start to the "
+                "last end (prefills included), the fastest of the rounds; each row its own "
+                "process. \"vs 1 stream\": against the threads row with 1 stream (plain "
+                "`generate()`).", ""]
+        out += concurrency_table(results, notes)
     if results["notes"] or notes.texts:
         out += ["", "Notes:", ""] + [f"- {n}" for n in results["notes"]] + notes.lines()
     return "\n".join(out) + "\n"

@@ -63,6 +63,8 @@ class BenchSettings:
     time_box: float = 60.0                       # seconds per full-recompute decode loop
     tail_samples: int = 8                        # lengths timed past the time box
     band_tokens: int | None = None               # cost-shape runs; None: min(tokens)
+    concurrency: tuple[int, ...] = (1, 4, 16)    # concurrent streams on one model; () skips
+    concurrency_tokens: int | None = None        # new tokens per stream; None: min(tokens)
     configurations: tuple[str, ...] = NAMES
     rss_tolerance_mib: float = 4.0               # "flat": peak RSS grew by at most this
     job_timeout: float = 3600.0                  # seconds per worker process
@@ -84,10 +86,15 @@ class BenchSettings:
         if unknown or not self.configurations:
             raise ValueError(f"configurations must be among {', '.join(NAMES)}, got "
                              f"{', '.join(unknown) or 'none'}")
-        if self.band_tokens is None:
-            self.band_tokens = min(self.tokens)
-        if not isinstance(self.band_tokens, int) or self.band_tokens < 1:
-            raise ValueError(f"band_tokens must be an int >= 1, got {self.band_tokens!r}")
+        self.concurrency = tuple(sorted(set(self.concurrency)))
+        if any(not isinstance(v, int) or v < 1 for v in self.concurrency):
+            raise ValueError(f"concurrency must be ints >= 1 (streams), got {self.concurrency}")
+        for name in ("band_tokens", "concurrency_tokens"):
+            if getattr(self, name) is None:
+                setattr(self, name, min(self.tokens))
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an int >= 1, got {value!r}")
 
 
 @dataclass
@@ -122,7 +129,8 @@ def run_benchmark(settings: BenchSettings,
     decode_prompt = prompt_of_length(ids, min(settings.prompt_lengths), bos)
     groups = _jobs(plan, decode_prompt, {n: prompt_of_length(ids, n, bos)
                                          for n in settings.prompt_lengths})
-    rows: dict[str, list[dict]] = {"decode": [], "ttft": [], "cost_shape": []}
+    rows: dict[str, list[dict]] = {"decode": [], "ttft": [], "cost_shape": [],
+                                   "concurrency": []}
     for section, group in groups:
         rounds = settings.repeats if section == "decode" else 1
         for row, job in group:
@@ -152,6 +160,7 @@ def run_benchmark(settings: BenchSettings,
         decode=analysis.with_ratios(rows["decode"]), ttft=rows["ttft"],
         memory=analysis.memory(rows["decode"], settings.rss_tolerance_mib),
         cost_shape=rows["cost_shape"], bounds=analysis.bounds(rows["cost_shape"]),
+        concurrency=rows["concurrency"],
         notes=plan.notes, wall_seconds=time.perf_counter() - began)
 
 
@@ -291,7 +300,28 @@ def _jobs(plan: _Plan, decode_prompt: list[int], prompts: dict[int, list[int]]):
                 Configuration(name, "", "onnx", precision), threads, kind="bands",
                 prompt=decode_prompt, tokens=s.band_tokens)))
         out.append(("cost_shape", group))
+        out.append(("concurrency", _concurrency_jobs(plan, decode_prompt, threads, job)))
     return [(section, group) for section, group in out if group]
+
+
+def _concurrency_jobs(plan: _Plan, prompt: list[int], threads: int, job) -> list:
+    """S streams on one fp32 model, by threads and batched, each (mode, S) in its own process
+    (so its peak RSS is its own); the manifest's adaptive controller."""
+    s = plan.settings
+    if not {"onnx-fp32", "onnx-fp32-adaptive"} & set(s.configurations):
+        return []
+    from .concurrency import MODES
+    group = []
+    for mode in MODES:
+        for streams in s.concurrency:
+            reason = _decode_fits(plan.config, len(prompt), s.concurrency_tokens)
+            row = dict(mode=mode, streams=streams, threads=threads,
+                       tokens_requested=s.concurrency_tokens, skipped=reason)
+            group.append((row, None if reason else job(
+                Configuration("onnx-fp32-adaptive", "", "onnx", "fp32", True), threads,
+                kind="concurrency", prompt=prompt, tokens=s.concurrency_tokens,
+                streams=streams, mode=mode)))
+    return group
 
 
 def _decode_fits(cfg, prompt_tokens: int, tokens: int) -> str | None:
@@ -313,7 +343,9 @@ def _run(row: dict, job: dict, settings: BenchSettings) -> None:
     # the 1-minute load average as the job ends: other processes on the cores show up here
     found = dict(peak_rss_mib=out["peak_rss_mib"], rss_loaded_mib=out["rss_loaded_mib"],
                  job_seconds=out["seconds"], load_average=load[0] if load else None)
-    if job["kind"] == "bands":
+    if job["kind"] == "concurrency":
+        row.update(found, **out["result"])
+    elif job["kind"] == "bands":
         row.update(found, modes=out["result"])
         for mode in row["modes"].values():
             mode.pop("token_ids", None)
@@ -338,6 +370,11 @@ def _merge_round(row: dict, result: dict) -> None:
 
 
 def _describe(section: str, row: dict, round_: str = "") -> str:
+    if section == "concurrency":
+        head = f"concurrency {row['mode']} {row['streams']} streams threads={row['threads']}"
+        missing = row.get("skipped") or row.get("error")
+        return f"{head}: {missing}" if missing else (
+            f"{head}: {row['tok_s']:,.1f} tok/s, peak RSS {row['peak_rss_mib']:.0f} MiB")
     what = row.get("configuration") or f"onnx-{row.get('precision')} bands"
     head = f"{section} {what} threads={row['threads']}"
     if "tokens_requested" in row and section == "decode":

@@ -41,9 +41,10 @@ def run_job(job: dict) -> dict:
     """Run one job in this process and return its result with this process's memory.
 
     Args:
-        job: kind ("decode", "ttft", "bands" or "checkpoint"), engine ("onnx", "torch-full",
-            "torch-kv"), and what the kind needs: model, precision, adaptive, threads,
-            checkpoint, prompt / prompts, tokens, repeats, time_box, tail_samples.
+        job: kind ("decode", "ttft", "bands", "concurrency" or "checkpoint"), engine ("onnx",
+            "torch-full", "torch-kv"), and what the kind needs: model, precision, adaptive,
+            threads, checkpoint, prompt / prompts, tokens, repeats, time_box, tail_samples,
+            streams, mode.
 
     Returns:
         dict: result, rss_loaded_mib (after loading the model), peak_rss_mib, seconds.
@@ -74,6 +75,10 @@ def run_job(job: dict) -> dict:
         result = measure.measure_ttft(target, _int_keys(job["prompts"]), job["repeats"], **args)
     elif kind == "bands" and engine == "onnx":
         result = measure.measure_bands(target, job["prompt"], job["tokens"], job["repeats"])
+    elif kind == "concurrency" and engine == "onnx":
+        from .concurrency import measure_concurrency
+        result = measure_concurrency(target, job["prompt"], job["tokens"], job["streams"],
+                                     job["mode"], job["repeats"])
     else:
         raise ValueError(f"unknown job kind {kind!r} for engine {engine!r}")
     return dict(result=result, rss_loaded_mib=loaded, peak_rss_mib=peak_rss_mib(),

@@ -16,7 +16,7 @@ from onnxruntime.quantization import CalibrationDataReader
 
 from ..runtime.artifacts import Artifacts
 from ..runtime.decode import Sequence
-from ..runtime.engine import Engine
+from ..runtime.engine import SLOTS_INPUT, Engine
 
 MAX_SEQUENCES = 8
 CALIBRATION_LENGTH = 256          # tokens per sequence, BOS included (at least two windows)
@@ -36,7 +36,9 @@ def collect_feeds(artifacts: Artifacts, texts: list[str]) -> dict[str, list[dict
     run = seq.run
 
     def recording(name, session, inputs):
-        feeds[names[id(session)]].append({k: np.array(v, copy=True) for k, v in inputs.items()})
+        # the runtime's edited block graphs take one input the exported files have not
+        feeds[names[id(session)]].append({k: np.array(v, copy=True) for k, v in inputs.items()
+                                          if k != SLOTS_INPUT})
         return run(name, session, inputs)
 
     seq.run = recording

@@ -63,7 +63,7 @@ class BoundPass:
         self.blocks = [[[bind(session,
                               {"hidden": self.hidden[p], "positions": self.position,
                                "past_key": kv.keys[b, i], "past_value": kv.values[b, i],
-                               "attn_bias": self.bias},
+                               "attn_bias": self.bias, **engine.stored_slots},
                               {"hidden_out": self.hidden[1 - p], "key": self.key,
                                "value": self.value, "halt": self.halt})
                          for p in (0, 1)]

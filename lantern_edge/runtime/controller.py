@@ -18,14 +18,14 @@ p_benefit >= tau_probe, and the others use the bands below very high (no escalat
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from ..model.config import ModelConfig
-from .decode import FeedResult, Sequence
 from .options import GenerationOptions
-from .sampling import choose, mc_summary, softmax
+from .sampling import choose, mc_summary, penalize, softmax, top_logprobs
 
 logger = logging.getLogger(__name__)
 BANDS = ("confident", "moderate", "high", "very_high")
@@ -38,6 +38,8 @@ class TraceEntry:
     text: str = ""                        # the piece of text this token added (may be "")
     band: str | None = None               # confident / moderate / high / very_high; None if fixed
     probability: float = 0.0              # of the token under the distribution it was drawn from
+    logprob: float | None = None          # log(probability)
+    top_logprobs: list[tuple[int, str, float]] | None = None   # logprobs=N: (id, text, logprob)
     iterations: list[int] = field(default_factory=list)   # per block, of the cheap pass
     deep_iterations: list[int] | None = None  # per block, THINK or deepened pass (very high)
     entropy: float | None = None
@@ -78,89 +80,119 @@ def dropout_masks(config: ModelConfig, samples: int, stored: int, seed: int,
             "mask_mlp_out": keep(samples, 1, config.hidden_size)}
 
 
+def _weights(options: GenerationOptions) -> tuple[float, float, float]:
+    return options.weight_entropy, options.weight_dispersion, options.weight_p_max
+
+
 class Controller:
-    """Stateless over one model: every call gets the generation's Sequence and RNG."""
+    """Stateless over one model. `decide` takes the generations that are due a token (each with
+    its Sequence, pending FeedResult `step`, options, RNG, MC mask seed, token history and
+    token healing) and a runner that makes the graph calls for them: decode.SINGLE for one
+    generation on its own passes, pool.Pool for several in shared calls. Each generation gets
+    exactly the decision it would get alone; the graph work of several is done in one call per
+    kind where the runner can batch it."""
 
     def __init__(self, config: ModelConfig):
         self.config = config
         # THINK is the controller's to inject; the model never chooses it as an output token
         self.suppress = config.think_token_id
 
-    def decide(self, seq: Sequence, step: FeedResult, options: GenerationOptions,
-               rng: np.random.Generator, mask_seed: int, healing=None) -> TraceEntry:
-        """healing: a TokenHealing (healing.py) whose constraint applies to the choice."""
-        logits = step.logits[-1]
-        if not options.adaptive:
-            token = self._choose(logits, options, options.temperature, rng, healing)
-            return TraceEntry(token, probability=float(softmax(logits)[token]),
-                              iterations=list(step.iterations))
-        weights = np.array([options.weight_entropy, options.weight_dispersion,
-                            options.weight_p_max], np.float32)
-        hidden = step.hidden[-1:] if step.hidden is not None else None
-        signals = {k: float(v[0]) for k, v in seq.signals(logits[None], weights, hidden).items()}
-        u = signals["score"]
-        entry = TraceEntry(0, band=band_of(u, options), iterations=list(step.iterations),
-                           entropy=signals["entropy"], p_max=signals["p_max"],
-                           dispersion=signals["dispersion"], u=u,
-                           p_benefit=signals.get("p_benefit"))
-        probe = options.deep_trigger == "probe"
-        if probe:                                # the probe alone sends tokens deep
-            if entry.p_benefit >= options.tau_probe:
-                entry.band = "very_high"
-            elif entry.band == "very_high":
-                entry.band = "high"
-        if entry.band == "high":
-            masks = dropout_masks(self.config, options.mc_samples, seq.kv.keys.shape[3],
-                                  mask_seed, step.position)
-            mean, entry.u_epistemic = mc_summary(seq.mc_logits(step, masks))
-            entry.mc_samples = options.mc_samples
-            entry.u_total = u + options.lambda_epistemic * entry.u_epistemic
-            if entry.u_total < options.tau_high or probe:
-                log_mean = np.log(np.maximum(mean, 1e-30)).astype(np.float32)
-                entry.token_id = self._choose(log_mean, options, options.temperature, rng, healing)
-                entry.probability = float(mean[entry.token_id])
-                return _logged(entry, step.position)
-            entry.band = "very_high"             # escalated by epistemic uncertainty
-        if entry.band == "very_high":
-            logits, entry.deep_iterations = self._go_deep(seq, step, options, entry)
-            entry.token_id = self._choose(logits, options, options.temperature, rng, healing)
-        else:
-            scale = options.refined_temperature if entry.band == "moderate" else 1.0
-            entry.token_id = self._choose(logits, options, options.temperature * scale, rng,
-                                          healing)
-        entry.probability = float(softmax(logits)[entry.token_id])
-        return _logged(entry, step.position)
+    def decide(self, runner, gens: list) -> list[TraceEntry]:
+        entries = [TraceEntry(0, iterations=list(g.step.iterations)) for g in gens]
+        logits = [g.step.logits[-1] for g in gens]
+        chosen_from: dict[int, np.ndarray] = {}          # k -> MC mean distribution
+        groups: dict[tuple, list[int]] = {}
+        for k, g in enumerate(gens):
+            if g.options.adaptive:
+                groups.setdefault(_weights(g.options), []).append(k)
+        for weights, ks in groups.items():
+            signals = runner.signals([gens[k] for k in ks], np.array(weights, np.float32))
+            for j, k in enumerate(ks):
+                e, options = entries[k], gens[k].options
+                e.entropy, e.p_max, e.dispersion, e.u = (
+                    float(signals[name][j]) for name in ("entropy", "p_max", "dispersion", "score"))
+                if "p_benefit" in signals:
+                    e.p_benefit = float(signals["p_benefit"][j])
+                e.band = band_of(e.u, options)
+                if options.deep_trigger == "probe":     # the probe alone sends tokens deep
+                    if e.p_benefit >= options.tau_probe:
+                        e.band = "very_high"
+                    elif e.band == "very_high":
+                        e.band = "high"
+        high = [k for k, e in enumerate(entries) if e.band == "high"]
+        if high:
+            stored = self.config.window_size + self.config.max_global_tokens
+            masks = [dropout_masks(self.config, gens[k].options.mc_samples, stored,
+                                   gens[k].mask_seed, gens[k].step.position) for k in high]
+            for k, samples in zip(high, runner.mc_logits([gens[k] for k in high], masks)):
+                e, options = entries[k], gens[k].options
+                mean, e.u_epistemic = mc_summary(samples)
+                e.mc_samples = options.mc_samples
+                e.u_total = e.u + options.lambda_epistemic * e.u_epistemic
+                # with the probe trigger the MC mean decides and nothing escalates
+                if e.u_total < options.tau_high or options.deep_trigger == "probe":
+                    logits[k] = np.log(np.maximum(mean, 1e-30)).astype(np.float32)
+                    chosen_from[k] = mean
+                else:
+                    e.band = "very_high"         # escalated by epistemic uncertainty
+        deep = [k for k, e in enumerate(entries) if e.band == "very_high"]
+        if deep:
+            for k, out in zip(deep, self._go_deep(runner, [gens[k] for k in deep],
+                                                  [entries[k] for k in deep])):
+                logits[k] = out
+        # the model's distributions, one softmax for all rows (before temperature, filters,
+        # healing and repetition rules); the high band's is its MC mean
+        model_probs = softmax(np.stack(logits))
+        for k, (g, e) in enumerate(zip(gens, entries)):
+            o = g.options
+            scale = o.refined_temperature if e.band == "moderate" else 1.0
+            rules = logits[k] if g.healing is None else g.healing.constrain(logits[k])
+            rules = penalize(rules, g.history, o.repetition_penalty, o.no_repeat_ngram_size)
+            e.token_id = choose(rules, o.do_sample, o.temperature * scale, o.top_k, o.top_p,
+                                g.rng, self.suppress, o.min_p)
+            probs = chosen_from[k] if k in chosen_from else model_probs[k]
+            e.probability = float(probs[e.token_id])
+            e.logprob = math.log(max(e.probability, 1e-45))
+            if o.logprobs is not None:
+                e.top_logprobs = [(i, "", lp) for i, lp in top_logprobs(probs, o.logprobs)]
+            _logged(e, g.step.position)
+        return entries
 
-    def _go_deep(self, seq: Sequence, step: FeedResult, options: GenerationOptions,
-                 entry: TraceEntry):
-        kv, think = seq.kv, self.config.think_token_id
-        if think is None:
-            entry.think_skipped = "the model has no THINK token"
-        elif not options.inject_think:
-            entry.think_skipped = "inject_think=False"
-        elif kv.globals_free == 0:
-            entry.think_skipped = "the global KV buffer is full"
-        elif kv.length >= self.config.max_position:
-            entry.think_skipped = "no position left for a THINK token"
-        if entry.think_skipped is None:
-            deep = seq.feed(np.array([think]), options.steps_reasoning)
-            entry.think_injected = True
-        else:
-            deep = seq.deepen(step, options.steps_reasoning)
-            entry.deepened = True
-        return deep.logits[-1], list(deep.ran)
+    def _go_deep(self, runner, gens: list, entries: list[TraceEntry]) -> list[np.ndarray]:
+        """Very high band: a THINK token at steps_reasoning, or the newest token continued to
+        steps_reasoning (Sequence.deepen), for each generation; the logits to choose from."""
+        think = self.config.think_token_id
+        for g, e in zip(gens, entries):
+            kv = g.seq.kv
+            if think is None:
+                e.think_skipped = "the model has no THINK token"
+            elif not g.options.inject_think:
+                e.think_skipped = "inject_think=False"
+            elif kv.globals_free == 0:
+                e.think_skipped = "the global KV buffer is full"
+            elif kv.length >= self.config.max_position:
+                e.think_skipped = "no position left for a THINK token"
+            e.think_injected, e.deepened = e.think_skipped is None, e.think_skipped is not None
+        out: list = [None] * len(gens)
+        for depth in sorted({g.options.steps_reasoning for g in gens}):
+            for thinking in (True, False):
+                ks = [k for k, (g, e) in enumerate(zip(gens, entries))
+                      if g.options.steps_reasoning == depth and e.think_injected == thinking]
+                if not ks:
+                    continue
+                group = [gens[k] for k in ks]
+                steps = (runner.feed([g.seq for g in group], [think] * len(ks), depth,
+                                     [None] * len(ks)) if thinking
+                         else runner.deepen(group, depth))
+                for k, step in zip(ks, steps):
+                    entries[k].deep_iterations = list(step.ran)
+                    out[k] = step.logits[-1]
+        return out
 
-    def _choose(self, logits, options, temperature, rng, healing=None) -> int:
-        if healing is not None:
-            logits = healing.constrain(logits)
-        return choose(logits, options.do_sample, temperature, options.top_k, options.top_p, rng,
-                      self.suppress)
 
-
-def _logged(entry: TraceEntry, position: int) -> TraceEntry:
+def _logged(entry: TraceEntry, position: int) -> None:
     if logger.isEnabledFor(logging.DEBUG):
-        logger.debug("position %d: U=%.3f band=%s U_epi=%s THINK=%s deepened=%s -> %d (p=%.3f)%s",
+        logger.debug("position %d: U=%s band=%s U_epi=%s THINK=%s deepened=%s -> %d (p=%.3f)%s",
                      position, entry.u, entry.band, entry.u_epistemic, entry.think_injected,
                      entry.deepened, entry.token_id, entry.probability,
                      f" [{entry.think_skipped}]" if entry.think_skipped else "")
-    return entry

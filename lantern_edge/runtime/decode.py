@@ -96,8 +96,10 @@ class HostPass:
         if b == len(seq.engine.blocks) - 1:
             self.mc_input = self.hidden[:, -1:]           # input of the last block's iteration
         out = seq.run("block", seq.engine.blocks[b], {
-            "hidden": self.hidden, "positions": self.positions, "past_key": kv.keys[b, i],
-            "past_value": kv.values[b, i], "attn_bias": self.bias})
+            "hidden": self.hidden, "positions": self.positions,
+            "past_key": np.ascontiguousarray(kv.keys[b, i]),          # a copy only in a pool
+            "past_value": np.ascontiguousarray(kv.values[b, i]), "attn_bias": self.bias,
+            **seq.engine.stored_slots})
         self.hidden, self.key, self.value = out[:3]
         kv.write(b, i, self.key, self.value, self.tokens, self.slots)
         return float(out[3][0, -1]) if len(out) > 3 else None
@@ -117,19 +119,23 @@ class HostPass:
 
 
 class Sequence:
-    """The state of one generation over a shared Engine: KV, passes, timer."""
+    """The state of one generation over a shared Engine: KV, passes, timer.
 
-    def __init__(self, engine: Engine):
+    kv: a KVState over a batch pool's arrays (pool.py), whose one-token steps the pool runs;
+    None: its own KV arrays and one-token passes."""
+
+    def __init__(self, engine: Engine, kv: KVState | None = None):
         from .bindings import BoundPass
         from .device_kv import DevicePass
 
         self.engine = engine
         self.config = engine.config
-        self.kv = KVState(engine.config)
+        self.kv = kv or KVState(engine.config)
         self.timer = CallTimer()
         self.host = HostPass(self)
-        self.device = DevicePass(self) if engine.kv_on_device else None
-        self.one = self.device or (BoundPass(self) if engine.bind_host else self.host)
+        self.device = DevicePass(self) if engine.kv_on_device and kv is None else None
+        self.one = self.device or (BoundPass(self) if engine.bind_host and kv is None
+                                   else self.host)
 
     def reset(self) -> None:
         self.kv.reset()
@@ -193,17 +199,21 @@ class Sequence:
         resumes from its state after the iterations it ran (their KV is stored) and runs on to
         `depth`; the later blocks re-run from their new input (docs/DEPTH.md).
         """
+        start = self.resume_from(step, depth)
+        return self._loop(self.one, np.array([step.token], np.int64), depth, None,
+                          step, start)
+
+    def resume_from(self, step: FeedResult, depth: int) -> list[int]:
+        """Begin continuing the newest token (deepen; pool.py's batched continuation): check,
+        forget its slot, and return the iteration each block starts from."""
         cfg = self.config
         self.check_step(step.position, depth)
         if step.position != self.kv.length - 1 or step.resume is None:
             raise ValueError("deepen continues the newest token only, from its own FeedResult")
-        if cfg.recursion_order == "cycle":
-            start = [min(step.iterations)] * cfg.num_blocks
-        else:
-            start = [step.iterations[0]] + [0] * (cfg.num_blocks - 1)
         self.kv.rewind()                      # its slot is rewritten; earlier KV stays valid
-        return self._loop(self.one, np.array([step.token], np.int64), depth, None,
-                          step, start)
+        if cfg.recursion_order == "cycle":
+            return [min(step.iterations)] * cfg.num_blocks
+        return [step.iterations[0]] + [0] * (cfg.num_blocks - 1)
 
     def _loop(self, pass_, ids: np.ndarray, depth: int, halting: float | None,
               resume: FeedResult | None = None, start: list[int] | None = None) -> FeedResult:
@@ -253,8 +263,10 @@ class Sequence:
             positions = np.array([step.position], dtype=np.int64)
             bias = self.kv.attn_bias(positions, np.array([step.is_global]))
             hidden = self.run("mc_step", self.engine.mc, {
-                "hidden": step.mc_input, "positions": positions, "past_key": self.kv.keys[b, i],
-                "past_value": self.kv.values[b, i], "attn_bias": bias, **masks})[0]
+                "hidden": step.mc_input, "positions": positions,
+                "past_key": np.ascontiguousarray(self.kv.keys[b, i]),
+                "past_value": np.ascontiguousarray(self.kv.values[b, i]), "attn_bias": bias,
+                **masks, **self.engine.stored_slots})[0]
         return self.run("lm_head", self.engine.lm_head, {"hidden": hidden})[0][:, 0]
 
     def signals(self, logits: np.ndarray, weights: np.ndarray,
@@ -275,3 +287,30 @@ class Sequence:
         if hidden is None:
             out.pop("p_benefit", None)
         return out
+
+
+class Single:
+    """The controller's runner for one generation alone: its own Sequence's passes (the
+    IO-bound one-token path). pool.Pool is the runner for several in shared calls."""
+
+    @staticmethod
+    def signals(gens: list, weights: np.ndarray) -> dict[str, np.ndarray]:
+        step = gens[0].step
+        return gens[0].seq.signals(step.logits[-1:], weights,
+                                   None if step.hidden is None else step.hidden[-1:])
+
+    @staticmethod
+    def mc_logits(gens: list, masks: list[dict]) -> list[np.ndarray]:
+        return [gens[0].seq.mc_logits(gens[0].step, masks[0])]
+
+    @staticmethod
+    def feed(seqs: list[Sequence], tokens: list[int], depth: int,
+             halting: list[float | None]) -> list[FeedResult]:
+        return [seqs[0].feed(np.array(tokens[:1], np.int64), depth, halting[0])]
+
+    @staticmethod
+    def deepen(gens: list, depth: int) -> list[FeedResult]:
+        return [g.seq.deepen(g.step, depth) for g in gens]
+
+
+SINGLE = Single()

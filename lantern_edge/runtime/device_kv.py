@@ -22,42 +22,13 @@ from typing import TYPE_CHECKING
 import numpy as np
 import onnxruntime as ort
 
+from .protobuf import FLOAT, INT64, bytes_field as _bytes, int_field as _int, node as _node
+from .protobuf import value_info as _value_info
+
 if TYPE_CHECKING:                      # decode.py imports this module
     from .decode import FeedResult, Sequence
 
-FLOAT, INT64 = 1, 7                       # onnx TensorProto.DataType
-
-
 # --- the KV write graph, as protobuf bytes --------------------------------------------------------
-
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte, n = n & 0x7F, n >> 7
-        out.append(byte | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
-
-
-def _int(field: int, value: int) -> bytes:
-    return _varint(field << 3) + _varint(value)
-
-
-def _bytes(field: int, payload: bytes | str) -> bytes:
-    payload = payload.encode() if isinstance(payload, str) else payload
-    return _varint(field << 3 | 2) + _varint(len(payload)) + payload
-
-
-def _value_info(name: str, elem_type: int, dims: list[str]) -> bytes:
-    shape = b"".join(_bytes(1, _bytes(2, d)) for d in dims)          # Dimension.dim_param
-    tensor = _int(1, elem_type) + _bytes(2, shape)                     # TypeProto.Tensor
-    return _bytes(1, name) + _bytes(2, _bytes(1, tensor))              # ValueInfoProto
-
-
-def _node(op: str, inputs: list[str], outputs: list[str]) -> bytes:
-    return (b"".join(_bytes(1, i) for i in inputs) + b"".join(_bytes(2, o) for o in outputs)
-            + _bytes(3, f"{op}_{outputs[0]}") + _bytes(4, op))
-
 
 def kv_write_model() -> bytes:
     """ModelProto: key_out = ScatterND(past_key, indices, Expand(Reshape(key, update_shape),
@@ -120,7 +91,8 @@ class DevicePass:
         self.block_bindings = [[[self._bind(session, {
             "hidden": self.hidden[p], "positions": self.position,
             "past_key": (self.keys[b], i), "past_value": (self.values[b], i),
-            "attn_bias": self.bias}, {"hidden_out": self.hidden[1 - p], "key": self.key,
+            "attn_bias": self.bias, **engine.stored_slots},
+            {"hidden_out": self.hidden[1 - p], "key": self.key,
                                       "value": self.value, "halt": self.halt})
             for p in (0, 1)] for i in range(depth)] for b, session in enumerate(engine.blocks)]
         self.writes = [[self._bind(writer, {
@@ -242,6 +214,6 @@ class DevicePass:
             "hidden": np.ascontiguousarray(step.mc_input, np.float32),
             "positions": np.array([step.position], np.int64),
             "past_key": (self.keys[b], i), "past_value": (self.values[b], i),
-            "attn_bias": bias, **masks}, {"hidden_out": out})
+            "attn_bias": bias, **masks, **seq.engine.stored_slots}, {"hidden_out": out})
         seq.run_bound("mc_step", seq.engine.mc, binding)
         return out

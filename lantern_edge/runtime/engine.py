@@ -10,17 +10,21 @@ generations (decode.py's `Sequence`, each with its own KV state and bindings) us
 from __future__ import annotations
 
 import os
+import struct
 
+import numpy as np
 import onnxruntime as ort
 
 from .artifacts import Artifacts
 from .device_kv import kv_write_model
-from .sessions import create_session
+from .protobuf import stored_slots_variable
+from .sessions import create_session, verified_bytes
 
 # More threads per session than cores never helps; thousands (6 sessions each) exhaust the OS.
 MAX_THREADS = max(64, os.cpu_count() or 1)
 
 SIGNALS = ("entropy", "p_max", "dispersion", "score")
+SLOTS_INPUT = "stored_slots"          # the stored-slot count input of the edited graphs
 
 
 def available_providers() -> list[str]:
@@ -75,14 +79,28 @@ class Engine:
                              f"got {intra_op_threads!r}")
         threads = intra_op_threads or 1
 
-        def session(path, n_threads=threads):   # from the verified bytes, never the file
-            return create_session(artifacts, path, session_options(n_threads), self.providers,
-                                  precision)
+        def session(path, graph: bytes | None = None):   # from the verified bytes, never the file
+            return create_session(artifacts, path, session_options(threads), self.providers,
+                                  precision, graph)
 
         self.embed = session(artifacts.graph(precision, "embed"))
-        self.blocks = [session(artifacts.graph(precision, "blocks", b))
-                       for b in range(cfg.num_blocks)]
-        self.mc = session(artifacts.graph(precision, "mc_step"))
+        # The block and MC-step graphs with a variable number of stored KV slots (protobuf.py),
+        # so that one session serves one sequence (K slots, fed stored_slots = [K]: the same
+        # outputs as the exported graph, bit for bit) and a batch side by side (pool.py), with
+        # the weights loaded once. A graph of another shape loads as exported, unbatchable.
+        paths = [artifacts.graph(precision, "blocks", b) for b in range(cfg.num_blocks)]
+        paths.append(artifacts.graph(precision, "mc_step"))
+        stored = cfg.window_size + cfg.max_global_tokens
+        try:
+            graphs = [stored_slots_variable(verified_bytes(artifacts, path), stored,
+                                            slots_input=SLOTS_INPUT) for path in paths]
+            self.unbatchable = None
+            self.stored_slots = {SLOTS_INPUT: np.array([stored], np.int64)}
+        except (ValueError, KeyError, IndexError, struct.error) as e:   # not the exporter's shape
+            graphs = [None] * len(paths)
+            self.unbatchable = f"{paths[0].name} cannot take a batch ({e})"
+            self.stored_slots = {}
+        *self.blocks, self.mc = [session(path, graph) for path, graph in zip(paths, graphs)]
         # One thread per session by default, the LM head included: with spinning off (needed so
         # the sessions do not fight) and another process on the second core, a second thread
         # measured slower for a 4096-vocab head (42.6 us at 1 thread vs 49.5 us at 2).

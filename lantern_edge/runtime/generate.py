@@ -16,11 +16,13 @@ from .controller import Controller, TraceEntry
 from .decode import Sequence
 from .engine import Engine
 from .options import GenerationOptions
+from .generator import Generator
+from .pool import Pool
 from .sessions import is_rust_panic, load_tokenizer
-from .stream import GenerationResult, StreamedToken, TokenStream
+from .stream import Generation, GenerationResult, StreamedToken, TokenStream, decide, feed
 
-__all__ = ["Runtime", "GenerationResult", "StreamedToken", "TokenStream", "TraceEntry",
-           "DEFAULT_MODEL_DIR"]
+__all__ = ["Runtime", "Generator", "GenerationResult", "StreamedToken", "TokenStream",
+           "TraceEntry", "DEFAULT_MODEL_DIR"]
 
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parents[1] / "default_model"
 PRECISIONS = ("fp32", "int8")
@@ -107,8 +109,8 @@ class Runtime:
                              "(depth_probe_hidden > 0); use deep_trigger='u' with this model")
         return options
 
-    def encode(self, prompt: str | Ids[int]) -> np.ndarray:
-        """Prompt ids, BOS first when the model has one."""
+    def encode(self, prompt: str | Ids[int], bos: bool = True) -> np.ndarray:
+        """Prompt ids, BOS first when the model has one (and bos=True: a prompt's start)."""
         if isinstance(prompt, (bytes, bytearray, memoryview)):
             raise ValueError("the prompt is bytes: pass text (decode it first, e.g. "
                             "prompt.decode('utf-8')) or a list of token ids")
@@ -131,7 +133,8 @@ class Runtime:
             if bad:
                 raise ValueError(f"prompt ids must be ints in [0, vocab_size="
                                  f"{self.config.vocab_size}), got {bad[:5]}")
-        if self.config.bos_token_id is not None and (not ids or ids[0] != self.config.bos_token_id):
+        if (bos and self.config.bos_token_id is not None
+                and (not ids or ids[0] != self.config.bos_token_id)):
             ids = [self.config.bos_token_id] + ids
         if not ids:
             raise ValueError("the prompt is empty and this model has no BOS token to start from")
@@ -146,10 +149,19 @@ class Runtime:
         """A TokenStream: StreamedToken (text piece, id, trace entry) as each is decided; once
         exhausted its stop_reason, stats and result are set. Options and prompt are checked
         now, not at the first next()."""
+        ids, options = self.request(prompt, options, **overrides)
+        if options.num_return_sequences != 1:
+            raise ValueError("num_return_sequences must be 1 for stream(); use generate() for "
+                             "several sequences, or one stream per seed")
+        return TokenStream(self, ids, options)
+
+    def request(self, prompt: str | Ids[int], options: GenerationOptions | None = None,
+                **overrides) -> tuple[np.ndarray, GenerationOptions]:
+        """The checked prompt ids and options of one request (stream, generate, Batcher)."""
         options = self.options(options, **overrides)
         if not isinstance(prompt, str):           # token ids are taken as given: never healed
             options = dataclasses.replace(options, token_healing=False)
-        return TokenStream(self, self.encode(prompt), options)
+        return self.encode(prompt), options
 
     def generate(self, prompt: str | Ids[int], options: GenerationOptions | None = None,
                  **overrides) -> GenerationResult:
@@ -162,15 +174,46 @@ class Runtime:
             **overrides: GenerationOptions fields, applied over `options`.
 
         Returns:
-            GenerationResult: new text and ids only, the per-token trace, stop_reason, stats.
+            GenerationResult: new text and ids only, the per-token trace, stop_reason, stats;
+            with num_return_sequences=n > 1, a list of n, sequence k sampled with seed + k
+            (seed None: each its own random seed), all decoded as one batch.
 
         Raises:
             ValueError: a bad option (named, with its valid range) or prompt.
         """
-        stream = self.stream(prompt, options, **overrides)
+        ids, options = self.request(prompt, options, **overrides)
+        if options.num_return_sequences > 1:
+            return self._generate_many(ids, options)
+        stream = TokenStream(self, ids, options)
         for _ in stream:
             pass
         return stream.result
+
+    def generator(self, prompt: str | Ids[int] | None = None,
+                  options: GenerationOptions | None = None, **overrides) -> Generator:
+        """A step-by-step Generator (its own KV state, kept across turns), the prompt appended
+        when given: gen.append(text_or_ids), gen.logits, gen.signals, gen.step()."""
+        gen = Generator(self, self.options(options, **overrides))
+        if prompt is not None:
+            gen.append(prompt)
+        return gen
+
+    def _generate_many(self, ids: np.ndarray, options: GenerationOptions) -> list[GenerationResult]:
+        count = options.num_return_sequences
+        pool = Pool(self.engine, count)
+        gens = [Generation(self, ids, dataclasses.replace(
+            options, num_return_sequences=1,
+            seed=None if options.seed is None else options.seed + k), pool.acquire())
+            for k in range(count)]
+        for gen in gens:
+            gen.prefill()
+        running = gens
+        while running:
+            decide(self, pool, running)
+            running = [g for g in running if g.stop_reason is None]
+            if running:
+                feed(pool, running)
+        return [g.result() for g in gens]
 
     def _acquire(self) -> Sequence:
         """A generation's own state: an idle one from an earlier generation, or a new one."""

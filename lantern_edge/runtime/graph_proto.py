@@ -37,7 +37,8 @@ SPARSE_VALUES, SPARSE_INDICES = 1, 2
 TENSOR_NAME, TENSOR_EXTERNAL = 8, 13
 
 
-def _varint(buf: memoryview, pos: int) -> tuple[int, int]:
+def read_varint(buf, pos: int) -> tuple[int, int]:
+    """(value, next position) of the varint at buf[pos]."""
     result = shift = 0
     while True:
         if pos >= len(buf) or shift > 63:
@@ -50,26 +51,40 @@ def _varint(buf: memoryview, pos: int) -> tuple[int, int]:
         shift += 7
 
 
-def _fields(buf: memoryview):
-    """(field number, value) of each field: an int for varints, a memoryview otherwise."""
+def wire_fields(buf):
+    """(field number, wire type, value) of each field of a message (bytes or memoryview): an
+    int for varints, a memoryview slice otherwise. The one protobuf reader of the runtime
+    (protobuf.py edits graphs with it)."""
     if not isinstance(buf, memoryview):
-        raise ProtoError("a field that must be a message is a number")
+        if not isinstance(buf, (bytes, bytearray)):
+            raise ProtoError("a field that must be a message is a number")
+        buf = memoryview(buf)
     pos = 0
     while pos < len(buf):
-        key, pos = _varint(buf, pos)
+        key, pos = read_varint(buf, pos)
         number, wire = key >> 3, key & 7
         if wire == 0:
-            value, pos = _varint(buf, pos)
+            value, pos = read_varint(buf, pos)
         elif wire == 2:
-            length, pos = _varint(buf, pos)
+            length, pos = read_varint(buf, pos)
             if pos + length > len(buf):
                 raise ProtoError("a field runs past the end of the file (truncated?)")
             value, pos = buf[pos:pos + length], pos + length
         elif wire in (1, 5):
             size = 8 if wire == 1 else 4
+            if pos + size > len(buf):
+                raise ProtoError("a field runs past the end of the file (truncated?)")
             value, pos = buf[pos:pos + size], pos + size
         else:
             raise ProtoError(f"unsupported protobuf wire type {wire}")
+        yield number, wire, value
+
+
+def _fields(buf: memoryview):
+    """(field number, value) of each field: an int for varints, a memoryview otherwise."""
+    if not isinstance(buf, memoryview):
+        raise ProtoError("a field that must be a message is a number")
+    for number, _, value in wire_fields(buf):
         yield number, value
 
 

@@ -14,14 +14,18 @@ from ..model.config import ModelConfig
 
 
 class KVState:
-    def __init__(self, config: ModelConfig):
+    """keys/values: [blocks, R, H, W+G, D] arrays to use (views into a batch's shared pool,
+    pool.py); None: new ones."""
+
+    def __init__(self, config: ModelConfig, keys: np.ndarray | None = None,
+                 values: np.ndarray | None = None):
         self.window = config.window_size
         self.globals = config.max_global_tokens
         stored = self.window + self.globals
         shape = (config.num_blocks, config.steps_reasoning, config.num_heads, stored,
                  config.head_dim)
-        self.keys = np.zeros(shape, np.float32)
-        self.values = np.zeros(shape, np.float32)
+        self.keys = np.zeros(shape, np.float32) if keys is None else keys
+        self.values = np.zeros(shape, np.float32) if values is None else values
         # position held by each stored slot, -1 when empty; ring slots first, then globals
         self.slot_pos = np.full(stored, -1, np.int64)
         self.is_global_slot = np.arange(stored) >= self.window

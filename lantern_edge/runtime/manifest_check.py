@@ -11,7 +11,6 @@ ArtifactError naming the field and the fix.
 from __future__ import annotations
 
 import json
-import math
 import posixpath
 import re
 from typing import Any
@@ -20,6 +19,7 @@ from ..errors import ArtifactError
 from ..model.config import ControllerConfig, ModelConfig
 from ..version import MANIFEST_FORMAT_VERSION
 from .graph_proto import GraphInfo
+from .options import is_int, is_number
 
 REBUILD = "re-run `lantern-export CHECKPOINT -o DIR --force`"
 ROLES = ("embed", "blocks", "mc_step", "lm_head", "uncertainty")
@@ -64,16 +64,6 @@ def _fail(where: str, problem: str) -> None:
     raise ArtifactError(f"lantern.json {where} {problem}; {REBUILD}")
 
 
-def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _is_real(v: Any, finite: bool = True) -> bool:
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or math.isnan(v):
-        return False
-    return math.isfinite(v) or not finite
-
-
 def check_name(name: Any, where: str) -> str:
     """A plain relative path inside the directory: '/' separators, no '..', '.', empty or
     absolute parts, nothing that a shell or another OS reads differently."""
@@ -102,13 +92,13 @@ def _typed(section: dict, cls, where: str) -> dict:
             continue                              # an optional field: its default
         value, kind = section[name], str(f.type)
         if kind == "int":
-            ok = _is_int(value)
+            ok = is_int(value)
         elif kind == "int | None":
-            ok = value is None or _is_int(value)
+            ok = value is None or is_int(value)
         elif kind == "bool":
             ok = isinstance(value, bool)
         elif kind == "float":
-            ok = _is_real(value, finite=not name.startswith("tau_"))
+            ok = is_number(value, finite=not name.startswith("tau_"))
         else:
             ok = isinstance(value, str)
         if not ok:
@@ -150,7 +140,7 @@ def check_configs(manifest: dict) -> tuple[ModelConfig, ControllerConfig]:
 def check_layout(manifest: dict, precision: str) -> None:
     """format_version, and the shape of "graphs", "files", "tokenizer" and "parity"."""
     version = manifest.get("format_version")
-    if not _is_int(version) or version != MANIFEST_FORMAT_VERSION:
+    if not is_int(version) or version != MANIFEST_FORMAT_VERSION:
         raise ArtifactError(f"lantern.json has format_version {version!r}, this lantern-edge "
                             f"reads {MANIFEST_FORMAT_VERSION}; {REBUILD} with this version")
     files = manifest.get("files")
@@ -188,7 +178,7 @@ def check_parity(manifest: dict) -> None:
     parity = manifest.get("parity")
     needed = [k for k in PARITY_KEYS if k != "decode_halt"]
     if (not isinstance(parity, dict) or any(k not in parity for k in needed)
-            or not all(_is_real(v, finite=False) for v in parity.values())):
+            or not all(is_number(v, finite=False) for v in parity.values())):
         raise ArtifactError(
             f"lantern.json records no parity check ({parity!r}): these artifacts were not "
             f"verified against the PyTorch reference (an interrupted export?); {REBUILD}")

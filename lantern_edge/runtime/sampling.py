@@ -1,4 +1,5 @@
-"""Choosing a token from logits: greedy, temperature, top-k, top-p; seeded NumPy generator."""
+"""Choosing a token from logits: greedy, temperature, top-k, top-p, min-p, repetition rules;
+seeded NumPy generator."""
 
 from __future__ import annotations
 
@@ -39,9 +40,13 @@ def mc_summary(logits: np.ndarray) -> tuple[np.ndarray, float]:
     return mean, max(information, 0.0)       # rounding can leave -1e-9 where they agree
 
 
-def filter_logits(logits: np.ndarray, top_k: int | None, top_p: float | None) -> np.ndarray:
-    """-inf outside the top-k / nucleus; always keeps the most likely token."""
+def filter_logits(logits: np.ndarray, top_k: int | None, top_p: float | None,
+                  min_p: float | None = None) -> np.ndarray:
+    """-inf outside the top-k / nucleus / min-p set; always keeps the most likely token."""
     out = logits.astype(np.float32, copy=True)
+    if min_p is not None and min_p > 0:
+        # p >= min_p * p_max  <=>  logit >= max + log(min_p)
+        out[out < out.max() + np.log(min_p)] = -np.inf
     if top_k is not None and top_k < len(out):
         cutoff = np.partition(out, -top_k)[-top_k]
         out[out < cutoff] = -np.inf
@@ -54,9 +59,41 @@ def filter_logits(logits: np.ndarray, top_k: int | None, top_p: float | None) ->
     return out
 
 
+def penalize(logits: np.ndarray, history: list[int], repetition_penalty: float,
+             no_repeat_ngram_size: int) -> np.ndarray:
+    """Logits with Hugging Face's repetition rules applied over `history` (prompt + output ids):
+    a seen token's logit is divided by the penalty when positive, multiplied when negative
+    (CTRL); a token that would complete an n-gram already in history gets -inf."""
+    if repetition_penalty == 1.0 and not no_repeat_ngram_size:
+        return logits
+    out = logits.astype(np.float32, copy=True)
+    if repetition_penalty != 1.0 and history:
+        seen = np.unique(np.asarray(history, np.int64))
+        values = out[seen]
+        out[seen] = np.where(values > 0, values / repetition_penalty, values * repetition_penalty)
+    n = no_repeat_ngram_size
+    if n and len(history) >= n:
+        prefix = tuple(history[len(history) - n + 1:])
+        banned = [history[i + n - 1] for i in range(len(history) - n + 1)
+                  if tuple(history[i:i + n - 1]) == prefix]
+        out[banned] = -np.inf
+    return out
+
+
+def top_logprobs(probs: np.ndarray, n: int) -> list[tuple[int, float]]:
+    """The n most likely (id, logprob) of a distribution, most likely first."""
+    if n <= 0:
+        return []
+    ids = np.argpartition(-probs, min(n, len(probs) - 1))[:n]
+    ids = ids[np.argsort(-probs[ids], kind="stable")]
+    return [(int(i), float(np.log(max(probs[i], 1e-45)))) for i in ids]
+
+
 def choose(logits: np.ndarray, do_sample: bool, temperature: float, top_k: int | None,
-           top_p: float | None, rng: np.random.Generator, suppress: int | None = None) -> int:
-    """A token id from logits [V]: argmax, or a seeded draw after temperature, top-k, top-p.
+           top_p: float | None, rng: np.random.Generator, suppress: int | None = None,
+           min_p: float | None = None) -> int:
+    """A token id from logits [V]: argmax, or a seeded draw after temperature, top-k, top-p,
+    min-p.
 
     suppress: an id never chosen (the THINK token, which only the controller may inject).
     A temperature below MIN_TEMPERATURE decodes greedily.
@@ -71,6 +108,6 @@ def choose(logits: np.ndarray, do_sample: bool, temperature: float, top_k: int |
     scaled = logits / np.float32(temperature)           # a new array: safe to mask in place
     if suppress is not None:
         scaled[suppress] = -np.inf
-    filtered = filter_logits(scaled, top_k, top_p)
+    filtered = filter_logits(scaled, top_k, top_p, min_p)
     probs = softmax(filtered.astype(np.float64))
     return int(rng.choice(len(probs), p=probs))

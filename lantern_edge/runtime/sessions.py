@@ -18,8 +18,10 @@ from .manifest_check import REBUILD
 
 
 def create_session(artifacts: Artifacts, path: Path, options: ort.SessionOptions,
-                   providers: list[str], precision: str = "fp32") -> ort.InferenceSession:
-    """An InferenceSession of the verified graph at `path` (`Artifacts.graph`)."""
+                   providers: list[str], precision: str = "fp32",
+                   graph: bytes | None = None) -> ort.InferenceSession:
+    """An InferenceSession of the verified graph at `path` (`Artifacts.graph`); graph: an edit
+    of those verified bytes to load instead (same external data, same error messages)."""
     name = Path(path).relative_to(artifacts.root).as_posix()
     external = artifacts.external_data(precision, name)
     if external:
@@ -27,9 +29,15 @@ def create_session(artifacts: Artifacts, path: Path, options: ort.SessionOptions
         options.add_external_initializers_from_files_in_memory(
             names, [external[n] for n in names], [len(external[n]) for n in names])
     try:
-        return ort.InferenceSession(artifacts.blobs[name], options, providers=providers)
+        return ort.InferenceSession(artifacts.blobs[name] if graph is None else graph, options,
+                                    providers=providers)
     except Exception as e:  # ORT raises its own Fail/InvalidGraph types
         raise ArtifactError(f"onnxruntime cannot load {artifacts.root / name}: {e}") from e
+
+
+def verified_bytes(artifacts: Artifacts, path: Path) -> bytes:
+    """The verified bytes of the graph at `path` (before `Artifacts.blobs` is cleared)."""
+    return artifacts.blobs[Path(path).relative_to(artifacts.root).as_posix()]
 
 
 def is_rust_panic(error: BaseException) -> bool:

@@ -13,10 +13,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from tokenizers import Tokenizer
+from tokenizers.decoders import DecodeStream
 
 from .controller import TraceEntry
 from .healing import heal
 from .options import GenerationOptions
+
 
 @dataclass
 class StreamedToken:
@@ -30,35 +32,13 @@ class GenerationResult:
     text: str                             # new text only
     token_ids: list[int]                  # new ids only (no THINK)
     trace: list[TraceEntry]
-    stop_reason: str                      # max_new_tokens / eos / stop / max_position
+    stop_reason: str                      # max_new_tokens / eos / stop / max_position / cancelled
     prompt_tokens: int
     seconds: float
-    session_seconds: float                # time inside session.run
+    session_seconds: float                # time inside session calls (a batch's shared ones too)
     prefill_seconds: float = 0.0          # the prompt's forward pass, part of seconds
     prefill_session_seconds: float = 0.0  # the part of session_seconds spent in the prefill
     stats: dict = field(default_factory=dict)
-
-
-class _TextStream:
-    """Incremental detokenisation (as Hugging Face's TextStreamer): decode only the ids since the
-    last emitted piece, against a short prefix, and hold text back while it ends in an
-    incomplete UTF-8 sequence (byte-level BPE). Special tokens (<eos>) add no text."""
-
-    def __init__(self, tokenizer: Tokenizer):
-        self.tokenizer, self.ids, self.emitted = tokenizer, [], ""
-        self.prefix = self.read = 0          # ids[prefix:read] decoded already, as context
-
-    def push(self, token: int) -> str:
-        self.ids.append(token)
-        decode = self.tokenizer.decode
-        before = decode(self.ids[self.prefix:self.read], skip_special_tokens=True)
-        text = decode(self.ids[self.prefix:], skip_special_tokens=True)
-        if len(text) <= len(before) or text.endswith("\ufffd"):
-            return ""
-        piece = text[len(before):]
-        self.prefix, self.read = self.read, len(self.ids)
-        self.emitted += piece
-        return piece
 
 
 class _TextOut:
@@ -69,12 +49,15 @@ class _TextOut:
     taken back)."""
 
     def __init__(self, tokenizer: Tokenizer, stop: tuple[str, ...], healing=None):
-        self.detok, self.stop, self.healing = _TextStream(tokenizer), stop, healing
+        # tokenizers' own incremental decoder: it holds a piece back while it ends inside a
+        # UTF-8 sequence (byte-level BPE), and special tokens (<eos>) add no text
+        self.tokenizer, self.detok = tokenizer, DecodeStream(skip_special_tokens=True)
+        self.stop, self.healing = stop, healing
         self.pending, self.text, self.stopped = "", "", False
 
     def push(self, token: int, last: bool) -> str:
         """The text token adds (held back pieces included); everything pending when last."""
-        piece = self.detok.push(token)
+        piece = self.detok.step(self.tokenizer, token) or ""
         if self.healing is not None:         # the prompt already has the regenerated text
             piece = self.healing.accept(token, piece)
         self.pending += piece
@@ -84,10 +67,86 @@ class _TextOut:
             self.pending = self.pending[:min(found)]
         keep = 0 if last else max((n for s in self.stop for n in range(1, len(s))
                                     if self.pending.endswith(s[:n])), default=0)
-        piece, self.pending = self.pending[:len(self.pending) - keep], self.pending[
-            len(self.pending) - keep:]
+        cut = len(self.pending) - keep
+        piece, self.pending = self.pending[:cut], self.pending[cut:]
         self.text += piece
         return piece
+
+
+class Generation:
+    """One generation's own state around its Sequence: options, RNG, text, tokens so far, the
+    pending FeedResult, timings and why it stopped. TokenStream drives one alone; the Batcher
+    drives many together. `decide` and `feed` below are the two halves of one decode step."""
+
+    def __init__(self, runtime, ids: np.ndarray, options: GenerationOptions, seq):
+        self.runtime, self.ids, self.options, self.seq = runtime, ids, options, seq
+        self.eos = None if options.ignore_eos else options.eos_token_id
+        self.rng = np.random.default_rng(options.seed)
+        self.mask_seed = (options.seed if options.seed is not None
+                          else int(self.rng.integers(2**31)))
+        self.halting = (options.halting_threshold if options.adaptive and options.use_halting
+                        else None)
+        # token healing (healing.py): the prompt fed without its trailing whitespace tokens,
+        # whose text the first choices must regenerate
+        self.fed, self.healing = (heal(ids, runtime.tokenizer.decode, runtime.config.vocab_size)
+                                  if options.token_healing else (ids, None))
+        self.text = _TextOut(runtime.tokenizer, options.stop, self.healing)
+        self.tokens: list[StreamedToken] = []
+        self.history = self.fed.tolist()           # ids fed + output ids, for repetition rules
+        self.stop_reason: str | None = None
+        self.step = None
+        self.began = self.started = time.perf_counter()
+        self.prefill_seconds = self.prefill_session = 0.0
+
+    def prefill(self) -> None:
+        self.began = time.perf_counter()
+        self.step = self.seq.feed(self.fed, self.options.steps_base)
+        self.prefill_seconds = time.perf_counter() - self.began
+        self.prefill_session = self.seq.timer.seconds
+        self.started = self.began + self.prefill_seconds
+
+    def accept(self, entry: TraceEntry) -> StreamedToken:
+        """Record the controller's decision; sets stop_reason when it is the last token."""
+        token, count = entry.token_id, len(self.tokens) + 1
+        reason = ("eos" if token == self.eos else "max_new_tokens"
+                  if count == self.options.max_new_tokens else "max_position"
+                  if self.seq.kv.length >= self.runtime.config.max_position else None)
+        entry.text = self.text.push(token, last=reason is not None)
+        if entry.top_logprobs is not None:
+            decode = self.runtime.tokenizer.decode
+            entry.top_logprobs = [(i, decode([i]), lp) for i, _, lp in entry.top_logprobs]
+        self.stop_reason = "stop" if self.text.stopped else reason
+        entry.microseconds = (time.perf_counter() - self.started) * 1e6
+        self.tokens.append(StreamedToken(entry.text, token, entry))
+        self.history.append(token)
+        return self.tokens[-1]
+
+    def result(self) -> GenerationResult:
+        result = GenerationResult(
+            text=self.text.text, token_ids=[t.token_id for t in self.tokens],
+            trace=[t.trace for t in self.tokens], stop_reason=self.stop_reason or "cancelled",
+            prompt_tokens=len(self.ids), seconds=time.perf_counter() - self.began,
+            session_seconds=self.seq.timer.seconds, prefill_seconds=self.prefill_seconds,
+            prefill_session_seconds=self.prefill_session)
+        result.stats = summarize(result, self.runtime.config.num_blocks)
+        return result
+
+
+def decide(runtime, runner, gens: list[Generation]) -> list[StreamedToken]:
+    """The next token of each generation (each due one: prefilled or fed since)."""
+    entries = runtime.controller.decide(runner, gens)
+    return [g.accept(e) for g, e in zip(gens, entries)]
+
+
+def feed(runner, gens: list[Generation]) -> None:
+    """Feed each running generation's newest token, in one runner call per depth."""
+    now = time.perf_counter()
+    for depth in sorted({g.options.steps_base for g in gens}):
+        group = [g for g in gens if g.options.steps_base == depth]
+        steps = runner.feed([g.seq for g in group], [g.history[-1] for g in group], depth,
+                            [g.halting for g in group])
+        for g, step in zip(group, steps):
+            g.step, g.started = step, now
 
 
 class TokenStream:
@@ -113,55 +172,26 @@ class TokenStream:
 
     def close(self) -> None:
         self._steps.close()
+        if self.stop_reason is None:              # closed before its first token
+            self.stop_reason = "cancelled"
 
     def _run(self, ids: np.ndarray):
-        runtime, options = self._runtime, self.options
-        eos = None if options.ignore_eos else options.eos_token_id
-        rng = np.random.default_rng(options.seed)
-        mask_seed = options.seed if options.seed is not None else int(rng.integers(2**31))
-        halting = options.halting_threshold if (options.adaptive and options.use_halting) else None
-        fed, healing = (heal(ids, runtime.tokenizer.decode, runtime.config.vocab_size)
-                        if options.token_healing else (ids, None))
-        text = _TextOut(runtime.tokenizer, options.stop, healing)
-        tokens: list[StreamedToken] = []
-        seq = runtime._acquire()
-        timer = seq.timer
-        stop_reason = "cancelled"
-        began = started = time.perf_counter()
-        prefill_seconds = prefill_session = 0.0
+        from .decode import SINGLE
+
+        runtime = self._runtime
+        gen = Generation(runtime, ids, self.options, runtime._acquire())
         try:
-            step = seq.feed(fed, options.steps_base)                 # prefill
-            prefill_seconds, prefill_session = time.perf_counter() - began, timer.seconds
-            started += prefill_seconds
-            for count in range(1, options.max_new_tokens + 1):
-                entry = runtime.controller.decide(seq, step, options, rng, mask_seed, healing)
-                token = entry.token_id
-                reason = ("eos" if token == eos else "max_new_tokens"
-                          if count == options.max_new_tokens else "max_position"
-                          if seq.kv.length >= runtime.config.max_position else None)
-                entry.text = text.push(token, last=reason is not None)
-                reason = "stop" if text.stopped else reason
-                now = time.perf_counter()
-                entry.microseconds = (now - started) * 1e6
-                tokens.append(StreamedToken(entry.text, token, entry))
-                if reason is not None:
-                    stop_reason = reason
-                    yield tokens[-1]
+            gen.prefill()
+            while True:
+                token = decide(runtime, SINGLE, [gen])[0]
+                yield token
+                if gen.stop_reason is not None:
                     return
-                yield tokens[-1]
-                started = time.perf_counter()
-                step = seq.feed(np.array([token]), options.steps_base, halting)
+                feed(SINGLE, [gen])
         finally:
-            self.stop_reason = stop_reason
-            result = GenerationResult(
-                text=text.text, token_ids=[t.token_id for t in tokens],
-                trace=[t.trace for t in tokens], stop_reason=stop_reason,
-                prompt_tokens=len(ids), seconds=time.perf_counter() - began,
-                session_seconds=timer.seconds, prefill_seconds=prefill_seconds,
-                prefill_session_seconds=prefill_session)
-            result.stats = self.stats = summarize(result, runtime.config.num_blocks)
-            self.result = result
-            runtime._release(seq)
+            self.result = gen.result()
+            self.stop_reason, self.stats = self.result.stop_reason, self.result.stats
+            runtime._release(gen.seq)
 
 
 def summarize(result: GenerationResult, num_blocks: int) -> dict:

@@ -1,0 +1,87 @@
+"""Single-stream decode speed of this checkout's runtime against another git revision's, in one
+run: interleaved rounds, a fresh process per measurement, best and median.
+
+    python benchmarks/bench_old_vs_new.py                      # against main, default model
+    python benchmarks/bench_old_vs_new.py --old main --tokens 256 --rounds 7
+
+The old revision is checked out once with `git worktree add` (into --old-path); both read the
+same artifacts (this checkout's default model unless --model). Each measurement is a new Python
+process importing one of the two trees: load, one short warm-up generation, then one timed
+generation of --tokens new tokens (greedy, EOS ignored), reporting decode tok/s (prefill
+excluded). Rounds alternate the order of old and new, so load from other processes hits both.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+CHILD = r"""
+import json, sys, dataclasses
+from lantern_edge import GenerationOptions, Runtime
+model, tokens, adaptive = sys.argv[1], int(sys.argv[2]), sys.argv[3] == "1"
+rt = Runtime(model, providers=["CPUExecutionProvider"])
+names = {f.name for f in dataclasses.fields(GenerationOptions)}
+no_eos = {"ignore_eos": True} if "ignore_eos" in names else {"eos_token_id": None}
+prompt = rt.encode("def read_config(path):\n    with open(path) as f:").tolist()
+rt.generate(prompt, max_new_tokens=8, adaptive=adaptive, **no_eos)
+result = rt.generate(prompt, max_new_tokens=tokens, adaptive=adaptive, seed=0, **no_eos)
+print(json.dumps({"tok_s": result.stats["decode_tokens_per_second"],
+                  "tokens": len(result.token_ids)}))
+"""
+
+
+def checkout(ref: str, path: Path) -> Path:
+    if not (path / "lantern_edge").exists():
+        subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--detach", str(path), ref],
+                       check=True, capture_output=True, text=True)
+    return path
+
+
+def measure(tree: Path, model: Path, tokens: int, adaptive: bool) -> float:
+    done = subprocess.run([sys.executable, "-c", CHILD, str(model), str(tokens),
+                           "1" if adaptive else "0"], capture_output=True, text=True,
+                          env={"PYTHONPATH": str(tree), "PATH": "/usr/bin:/bin"})
+    if done.returncode != 0:
+        raise SystemExit(f"{tree}: {done.stderr.strip().splitlines()[-1]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])["tok_s"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--old", default="main", help="git revision to compare against")
+    p.add_argument("--old-path", type=Path, default=Path("/tmp/oldrt"),
+                   help="where the old revision is checked out (git worktree)")
+    p.add_argument("--model", type=Path, default=REPO / "lantern_edge" / "default_model")
+    p.add_argument("--tokens", type=int, default=256)
+    p.add_argument("--rounds", type=int, default=5)
+    args = p.parse_args(argv)
+    trees = {"old": checkout(args.old, args.old_path), "new": REPO}
+    runs: dict[tuple[str, str], list[float]] = {}
+    for round_ in range(args.rounds):
+        order = ["old", "new"] if round_ % 2 == 0 else ["new", "old"]
+        for mode in ("fixed", "adaptive"):
+            for name in order:
+                tok_s = measure(trees[name], args.model, args.tokens, mode == "adaptive")
+                runs.setdefault((name, mode), []).append(tok_s)
+                print(f"round {round_ + 1} {mode:8} {name}: {tok_s:,.0f} tok/s", file=sys.stderr)
+    print(f"\nsingle-stream decode tok/s, {args.tokens} new tokens, {args.rounds} rounds "
+          f"(old = {args.old}, new = this checkout)\n")
+    print("| mode | old best | new best | new/old best | old median | new median | "
+          "new/old median |\n|---|---|---|---|---|---|---|")
+    for mode in ("fixed", "adaptive"):
+        old, new = runs[("old", mode)], runs[("new", mode)]
+        print(f"| {mode} | {max(old):,.0f} | {max(new):,.0f} | {max(new) / max(old):.2f}x | "
+              f"{statistics.median(old):,.0f} | {statistics.median(new):,.0f} | "
+              f"{statistics.median(new) / statistics.median(old):.2f}x |")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
