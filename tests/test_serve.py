@@ -5,7 +5,6 @@ token with Runtime.generate."""
 from __future__ import annotations
 
 import json
-import math
 import os
 import select
 import signal
@@ -171,16 +170,17 @@ def test_stop_string_is_removed(client, runtime, stream):
 def test_logprobs_and_echo(client, runtime):
     out = client.completions.create(model=MODEL, prompt=PROMPT, max_tokens=6, temperature=0,
                                     logprobs=2, echo=True, seed=5)
-    expected = runtime.generate(PROMPT, max_new_tokens=6, seed=5)   # seeds the MC masks
+    expected = runtime.generate(PROMPT, max_new_tokens=6, seed=5, logprobs=2)   # seeds MC masks
     choice = out.choices[0]
     assert choice.text == PROMPT + expected.text
     lp = choice.logprobs
     prompt_tokens = len(lp.tokens) - 6
     assert "".join(lp.tokens) == choice.text and lp.text_offset[prompt_tokens] == len(PROMPT)
     assert lp.token_logprobs[:prompt_tokens] == [None] * prompt_tokens   # prompt: not scored
-    assert lp.token_logprobs[prompt_tokens:] == pytest.approx(
-        [math.log(t.probability) for t in expected.trace])
-    assert lp.top_logprobs[-1] == {lp.tokens[-1]: lp.token_logprobs[-1]}
+    assert lp.token_logprobs[prompt_tokens:] == pytest.approx([t.logprob for t in expected.trace])
+    for top, trace in zip(lp.top_logprobs[prompt_tokens:], expected.trace):
+        assert top == pytest.approx({text: v for _, text, v in trace.top_logprobs})
+        assert len(top) == 2
 
 
 def test_chat_maps_messages_to_a_prompt(client, runtime):

@@ -137,7 +137,7 @@ def create_app(backend: Backend, settings: Settings = Settings()) -> Starlette:
 
         def render(index: int, delta: Delta, first: bool) -> dict:
             return completion_choice(index, delta, r.logprobs is not None)
-        return await _serve(request, r, prompts, max_tokens, choices, render,
+        return await _serve(request, r, prompts, max_tokens, r.logprobs, choices, render,
                             "text_completion", "cmpl")
 
     async def chat(request: Request) -> Response:
@@ -151,7 +151,7 @@ def create_app(backend: Backend, settings: Settings = Settings()) -> Starlette:
 
         def render(index: int, delta: Delta, first: bool) -> dict:
             return chat_choice(index, delta, r.logprobs, r.stream, first)
-        return await _serve(request, r, prompts, max_tokens, choices, render,
+        return await _serve(request, r, prompts, max_tokens, top, choices, render,
                             "chat.completion", "chatcmpl")
 
     # --- shared steps ----------------------------------------------------------------------
@@ -195,11 +195,11 @@ def create_app(backend: Backend, settings: Settings = Settings()) -> Starlette:
                            code="context_length_exceeded")
         return asked
 
-    async def _serve(request, r, prompts, max_tokens, choices, render, kind, prefix):
+    async def _serve(request, r, prompts, max_tokens, logprobs, choices, render, kind, prefix):
         if len(prompts) * r.n > schemas.MAX_CHOICES:
             raise APIError(400, f"prompts x n must be <= {schemas.MAX_CHOICES}, got "
                                 f"{len(prompts)} x {r.n}", param="n")
-        base = schemas.overrides(r, max_tokens)
+        base = schemas.overrides(r, max_tokens, logprobs)
         try:
             backend.check(base)
         except ValueError as e:                  # "top_k must be <= vocab_size=..., got ..."

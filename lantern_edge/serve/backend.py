@@ -1,24 +1,25 @@
 """The server's one door to the runtime: validate, submit generations, read their tokens
 asynchronously, cancel them.
 
-The Runtime is the shared, immutable model; each generation is its own TokenStream (its own KV
-state and RNG), run on a worker thread of a pool, so decoding stays off the event loop and
-generations of different requests run at once (ONNX Runtime releases the GIL inside its
-calls). A cancelled generation (its client went away) is closed before its next token, which
-returns its state to the runtime.
+The Runtime is the shared, immutable model. Every generation (each choice of each request) is
+one request to a Batcher, whose background thread decodes all running generations together,
+one batched step at a time, admitting new ones between steps; so decoding stays off the event
+loop and concurrent requests share each graph call. A Batcher handle is a blocking iterator:
+a small pump thread per handle moves its tokens onto the event loop. A cancelled generation
+(its client went away) leaves the batch before the next step.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import threading
 from collections import Counter
 from collections.abc import AsyncIterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+from ..runtime.batching import Batcher, Handle
 from ..runtime.generate import Runtime, StreamedToken
 
 logger = logging.getLogger("lantern_edge.serve")
@@ -31,27 +32,24 @@ class Finished:
 
 
 class Job:
-    """One HTTP request's generations (its prompts x n choices). The worker thread emits
-    (choice index, StreamedToken | Finished | Exception); the event loop iterates them."""
+    """One HTTP request's generations (its prompts x n choices). Pump threads emit (choice
+    index, StreamedToken | Finished | Exception); the event loop iterates them."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop, count: int):
         self._loop, self._open = loop, count
         self._events: asyncio.Queue = asyncio.Queue()
-        self._cancel = threading.Event()
+        self.handles: list[Handle] = []
 
     def cancel(self) -> None:
-        """Thread-safe; each unfinished generation stops before its next token."""
-        self._cancel.set()
-
-    @property
-    def cancelled(self) -> bool:
-        return self._cancel.is_set()
+        """Each unfinished generation leaves the batch before the next decode step."""
+        for handle in self.handles:
+            handle.cancel()
 
     def emit(self, index: int, item) -> None:        # called on a worker thread
         try:
             self._loop.call_soon_threadsafe(self._events.put_nowait, (index, item))
         except RuntimeError:                          # the loop is closed: nobody listens
-            self.cancel()
+            self.handles[index].cancel()
 
     async def events(self) -> AsyncIterator[tuple[int, StreamedToken | Finished]]:
         while self._open:
@@ -64,20 +62,23 @@ class Job:
 
 
 class Backend:
-    """A loaded Runtime whose generations run on a pool of worker threads.
+    """A loaded Runtime served by a Batcher.
 
     Args:
         runtime: the loaded model.
         model_id: the name clients pass as `model`.
-        workers: generations decoding at once; more wait in the pool's queue, in order.
+        max_batch_size: generations decoded together; more wait for a slot, in order.
     """
 
-    def __init__(self, runtime: Runtime, model_id: str, workers: int = 16):
+    def __init__(self, runtime: Runtime, model_id: str, max_batch_size: int = 16):
         self.runtime, self.model_id = runtime, model_id
         self.max_position = runtime.config.max_position
         self.stats: Counter = Counter()              # generations finished / cancelled, tokens
-        self._stats_lock = threading.Lock()          # workers count concurrently
-        self._pool = ThreadPoolExecutor(workers, thread_name_prefix="lantern-generate")
+        self._stats_lock = threading.Lock()          # pumps count concurrently
+        self._batcher = Batcher(runtime, max_batch_size)
+        # one pump per generation in flight: blocked on its handle, it costs no CPU; threads
+        # are started as needed and reused
+        self._pumps = ThreadPoolExecutor(1024, thread_name_prefix="lantern-pump")
 
     # --- called on the event loop ---------------------------------------------------------
 
@@ -95,52 +96,44 @@ class Backend:
     def submit(self, generations: list[tuple[list[int], dict]]) -> Job:
         """Queue (prompt ids, GenerationOptions overrides) pairs; returns at once."""
         job = Job(asyncio.get_running_loop(), len(generations))
-        for index, (ids, overrides) in enumerate(generations):
-            self._pool.submit(self._work, job, index, ids, overrides)
+        try:
+            for ids, overrides in generations:
+                job.handles.append(self._batcher.submit(ids, **overrides))
+        except BaseException:
+            job.cancel()                             # none of the request runs
+            raise
+        for index in range(len(generations)):
+            self._pumps.submit(self._pump, job, index)
         return job
 
     def close(self) -> None:
-        """Wait for running generations (cancel their jobs first to stop them), drop queued
-        ones."""
-        self._pool.shutdown(wait=True, cancel_futures=True)
+        """After the server let in-flight requests finish: cancel what is left, stop."""
+        self._batcher.close(cancel=True)
+        self._pumps.shutdown(wait=True)
 
-    # --- on a worker thread ---------------------------------------------------------------
+    # --- on a pump thread -----------------------------------------------------------------
 
-    def _work(self, job: Job, index: int, ids: list[int], overrides: dict) -> None:
+    def _pump(self, job: Job, index: int) -> None:
+        handle = job.handles[index]
         try:
-            reason = self._run(job, index, ids, overrides)
+            for token in handle:
+                self._count("tokens")
+                job.emit(index, token)
         except Exception as e:                       # report it to its request, keep serving
             logger.exception("generation failed")
             job.emit(index, e)
             return
-        self._count("cancelled" if reason == "cancelled" else "finished")
-        job.emit(index, Finished(reason))
+        self._count("cancelled" if handle.stop_reason == "cancelled" else "finished")
+        job.emit(index, Finished(handle.stop_reason))
 
     def _count(self, name: str) -> None:
         with self._stats_lock:
             self.stats[name] += 1
 
-    def _run(self, job: Job, index: int, ids: list[int], overrides: dict) -> str:
-        if job.cancelled:
-            return "cancelled"
-        stream = self.runtime.stream(ids, **overrides)
-        try:
-            for token in stream:
-                self._count("tokens")
-                job.emit(index, token)
-                if job.cancelled:
-                    break
-        finally:
-            stream.close()                           # stop_reason "cancelled" if not done
-        return stream.stop_reason
-
 
 def token_logprobs(token: StreamedToken, top: int) -> tuple[float, list[tuple[str, float]]]:
-    """The chosen token's log probability and up to `top` alternatives as (text, logprob).
-
-    The runtime records the chosen token's probability (under the distribution it was drawn
-    from) but not the rest of that distribution, so the alternatives hold the chosen token
-    only."""
-    p = token.trace.probability
-    lp = math.log(p) if p > 0 else -math.inf
-    return lp, [(token.text, lp)][:top]
+    """The chosen token's log probability and the `top` most likely tokens as (text, logprob),
+    under the model's distribution for that position (before temperature and filters; the
+    MC-dropout mean in the high band). Needs the generation's `logprobs` option >= top."""
+    trace = token.trace
+    return trace.logprob, [(text, lp) for _, text, lp in (trace.top_logprobs or [])[:top]]

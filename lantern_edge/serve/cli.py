@@ -38,7 +38,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--int8", action="store_true", help="use the INT8 graphs")
     p.add_argument("--threads", type=int, default=None, help="intra-op threads per session")
     p.add_argument("--max-concurrency", type=int, default=DEFAULTS.max_concurrency,
-                   help="requests generating at once")
+                   help="requests generating at once (the batch size of the decode)")
     p.add_argument("--max-queue", type=int, default=DEFAULTS.max_queue,
                    help="requests waiting for a slot; more get 429")
     p.add_argument("--max-tokens-limit", type=int, default=DEFAULTS.max_tokens_limit,
@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = Settings(max_concurrency=args.max_concurrency, max_queue=args.max_queue,
                         max_tokens_limit=args.max_tokens_limit,
                         max_body_bytes=args.max_body_bytes, api_key=args.api_key)
-    app = create_app(Backend(runtime, name, workers=args.max_concurrency), settings)
+    app = create_app(Backend(runtime, name, max_batch_size=args.max_concurrency), settings)
     host, port = sock.getsockname()[:2]
     url_host = f"[{host}]" if ":" in host else host
     print(f"lantern-edge serve: {name} on http://{url_host}:{port}/v1", flush=True)

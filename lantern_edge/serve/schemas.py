@@ -42,7 +42,11 @@ class _Sampling(_Strict):
     model: str
     temperature: float | None = Field(None, ge=0, le=2)      # 0: greedy
     top_p: float | None = Field(None, gt=0, le=1)
-    top_k: int | None = Field(None, ge=1)                     # extensions, as vLLM's
+    # extensions, as vLLM's: the runtime's own sampling rules
+    top_k: int | None = Field(None, ge=1)
+    min_p: float | None = Field(None, ge=0, le=1)
+    repetition_penalty: float | None = Field(None, gt=0)
+    no_repeat_ngram_size: int | None = Field(None, ge=0)
     ignore_eos: bool = False
     n: int = Field(1, ge=1, le=MAX_CHOICES)
     stream: bool = False
@@ -143,11 +147,14 @@ def _reject_unsupported(r: _Sampling) -> None:
                             "call functions", param="tools")
 
 
-def overrides(r: _Sampling, max_tokens: int) -> dict:
+def overrides(r: _Sampling, max_tokens: int, logprobs: int | None) -> dict:
     """GenerationOptions overrides of one choice (the seed is offset per choice later)."""
     sample = r.temperature is None or r.temperature > 0       # OpenAI's default is 1: sample
     out: dict = {"max_new_tokens": max_tokens, "do_sample": sample, "seed": r.seed,
-                 "ignore_eos": r.ignore_eos}
+                 "ignore_eos": r.ignore_eos, "logprobs": logprobs}
+    for name in ("min_p", "repetition_penalty", "no_repeat_ngram_size"):
+        if getattr(r, name) is not None:
+            out[name] = getattr(r, name)
     if sample:
         out["temperature"] = 1.0 if r.temperature is None else r.temperature
         out["top_p"] = r.top_p if r.top_p not in (None, 1.0) else None
