@@ -20,6 +20,7 @@ COMMANDS = {
     "quantize": ("lantern_edge.quantization.cli", "write INT8 graphs beside the fp32 ones"),
     "eval": ("lantern_edge.evaluation.cli", "is the uncertainty signal a good compute controller?"),
     "bench": ("lantern_edge.benchmark.cli", "decode speed, latency and memory vs PyTorch"),
+    "serve": ("lantern_edge.serve.cli", "an OpenAI-compatible HTTP server (/v1/completions)"),
 }
 
 USAGE = "usage: lantern-edge [--version] COMMAND [options]\n\ncommands:\n" + "".join(

@@ -2,16 +2,19 @@
 
 The runtime needs numpy, onnxruntime and tokenizers only. Training, export and evaluation need
 the `export` extra (torch, onnx); `quantize` needs only onnx (the `quantize` extra), so INT8
-graphs can be made on a machine without torch; the evaluation figures need matplotlib (`dev`).
+graphs can be made on a machine without torch; the evaluation figures need matplotlib (`dev`);
+`serve` needs the ASGI stack (the `serve` extra).
 """
 
 from __future__ import annotations
 
 # torch first and pinned: an unpinned torch resolves to a CUDA build (several GB)
 _EXPORT = 'pip install torch==2.13.0 "lantern-edge[export]"'
+_SERVE = 'pip install "lantern-edge[serve]"'
 _INSTALL = {
     "torch": _EXPORT, "onnx": _EXPORT, "onnxscript": _EXPORT, "tqdm": _EXPORT,
     "sympy": _EXPORT, "matplotlib": 'pip install "lantern-edge[dev]"',
+    "starlette": _SERVE, "uvicorn": _SERVE, "pydantic": _SERVE, "anyio": _SERVE,
 }
 # commands whose needs are a subset of the export extra's
 _COMMAND_INSTALL = {"quantize": {"onnx": 'pip install "lantern-edge[quantize]"',
