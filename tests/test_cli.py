@@ -83,6 +83,26 @@ def test_prompt_from_stdin_and_fixed_path_trace_without_nan():
     assert fixed.split()[1:3] == ["6", "-"] and "nan" not in from_argv.stdout
 
 
+def test_generate_repetition_flags_reach_the_runtime():
+    import json
+
+    def ids(*flags):
+        proc = run_cli("generate", "class Stack:", "--max-new-tokens", "48", "--seed", "0",
+                       "--json", *flags)
+        assert proc.returncode == 0, proc.stderr
+        return json.loads(proc.stdout)["token_ids"]
+
+    def repeated_trigrams(tokens):
+        grams = [tuple(tokens[i:i + 3]) for i in range(len(tokens) - 2)]
+        return len(grams) - len(set(grams))
+
+    plain = ids()
+    assert repeated_trigrams(plain) > 0          # the shipped model repeats itself greedily
+    assert repeated_trigrams(ids("--no-repeat-ngram-size", "3")) == 0
+    bad = run_cli("generate", "x", "--deep-trigger", "probe")
+    assert bad.returncode == 2 and "needs a model with a depth probe" in bad.stderr
+
+
 @pytest.mark.parametrize("command, module, extra", [
     (["train", "--max-steps", "1"], "torch", "export"),
     (["eval"], "torch", "export"),

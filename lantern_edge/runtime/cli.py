@@ -26,7 +26,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=None,
                    help="seed of sampling and MC-dropout masks (default: a fresh random seed)")
     p.add_argument("--stop", action="append", default=None, metavar="TEXT",
-                   help="stop once the new text contains TEXT; repeatable (default: none)")
+                   help="stop before TEXT, which is cut from the output; repeatable (default: none)")
     p.add_argument("--do-sample", action="store_true", help="sample instead of greedy decoding")
     p.add_argument("--temperature", type=float, default=None,
                    help="sampling temperature, with --do-sample (default: 1.0)")
@@ -34,6 +34,19 @@ def _parser() -> argparse.ArgumentParser:
                    help="sample among the k most likely tokens (default: all)")
     p.add_argument("--top-p", type=float, default=None,
                    help="nucleus sampling: the smallest set with this mass, in (0, 1] (default: off)")
+    p.add_argument("--min-p", type=float, default=None,
+                   help="drop tokens below this share of the top token's probability (default: off)")
+    p.add_argument("--repetition-penalty", type=float, default=None,
+                   help="divide the logits of tokens already in the text by this, > 0 "
+                        "(default: 1.0, off)")
+    p.add_argument("--no-repeat-ngram-size", type=int, default=None,
+                   help="never repeat an n-gram of this many tokens (default: 0, off)")
+    p.add_argument("--deep-trigger", choices=("u", "probe"), default=None,
+                   help="what sends a token deep: the U bands, or the learned depth probe "
+                        "(default: the model's manifest)")
+    p.add_argument("--tau-probe", type=float, default=None,
+                   help="with --deep-trigger probe: go deep when p_benefit >= this "
+                        "(default: the model's manifest)")
     p.add_argument("--int8", action="store_true", help="use the INT8 graphs (default: fp32)")
     p.add_argument("--no-adaptive", action="store_true",
                    help="fixed steps_base path, no uncertainty signals (default: adaptive)")
@@ -69,7 +82,8 @@ def main(argv: list[str] | None = None) -> int:
     overrides = {"max_new_tokens": args.max_new_tokens, "seed": args.seed,
                  "adaptive": not args.no_adaptive, "do_sample": args.do_sample,
                  "token_healing": not args.no_token_healing}
-    for name in ("temperature", "top_k", "top_p", "stop"):
+    for name in ("temperature", "top_k", "top_p", "stop", "min_p", "repetition_penalty",
+                 "no_repeat_ngram_size", "deep_trigger", "tau_probe"):
         if getattr(args, name) is not None:
             overrides[name] = getattr(args, name)
     try:
