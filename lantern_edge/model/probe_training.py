@@ -27,9 +27,9 @@ import torch.nn.functional as F
 from ..evaluation.metrics import auroc
 from .counterfactual import solo
 from .modeling import LanternModel
+from .train_data import IGNORE
 
 logger = logging.getLogger(__name__)
-IGNORE = -100
 LABELS = ("gain", "fix", "either")
 
 
@@ -173,7 +173,8 @@ def add_probe(checkpoint: str, output: str, **overrides) -> dict:
 
     from .checkpoint import load_checkpoint, save_checkpoint
     from .corpus import load_corpus
-    from .training import make_batch, resume_config, tokenize
+    from .train_config import resume_config
+    from .train_data import make_batch, tokenize
     ckpt = load_checkpoint(checkpoint)
     cfg = resume_config(checkpoint, **{"probe_hidden": 64, **overrides})
     corpus = load_corpus(list(cfg.corpus), cfg.val_fraction, cfg.corpus_max_chars)

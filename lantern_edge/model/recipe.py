@@ -7,12 +7,15 @@
   (measured without grad), so the THINK predicts what the cheap pass got worst;
 - the error-corrector phase: the cheap loss on every token plus each token's deep
   continuation (the token alone run to steps_reasoning over the cheap context, as the runtime
-  continues it) with its loss up-weighted where the cheap pass's top-1 is wrong.
+  continues it) with its loss up-weighted where the cheap pass's top-1 is wrong;
+- run_phases: the phases after the main loop, in order (the corrector, then the probe of
+  probe_training.py, which must see the corrected model).
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import time
 
@@ -22,8 +25,11 @@ import torch.nn.functional as F
 
 from .counterfactual import solo
 from .modeling import LanternModel
+from .probe_training import run_probe_phase
+from .train_data import IGNORE
+from .train_schedule import adamw
 
-IGNORE = -100
+logger = logging.getLogger(__name__)
 
 
 def depth_weights(depths: int) -> list[float]:
@@ -109,11 +115,7 @@ def run_corrector(model: LanternModel, cfg, next_batch, device: torch.device,
     """The error-corrector phase: corrector_loss for corrector_steps steps (or
     corrector_minutes), AdamW at lr * corrector_lr_ratio, 10% linear warm-up then cosine to
     zero. cfg: the TrainConfig. Returns its report (steps, seconds, first/last statistics)."""
-    decay = [p for p in model.parameters() if p.dim() >= 2]
-    no_decay = [p for p in model.parameters() if p.dim() < 2]
-    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                                   {"params": no_decay, "weight_decay": 0.0}],
-                                  lr=cfg.lr * cfg.corrector_lr_ratio, betas=(0.9, 0.95))
+    optimizer = adamw(model, cfg.lr * cfg.corrector_lr_ratio, cfg.weight_decay)
     peak, total = cfg.lr * cfg.corrector_lr_ratio, cfg.corrector_steps
     warmup = max(1, total // 10)
     model.train()
@@ -142,3 +144,17 @@ def run_corrector(model: LanternModel, cfg, next_batch, device: torch.device,
     last = {k: float(np.nanmean([s[k] for s in window])) for k in window[0]} if window else {}
     return {"steps": step, "seconds": round(time.perf_counter() - started, 2),
             "weight": cfg.corrector_weight, "lr": peak, "first": first, "last_20_mean": last}
+
+
+def run_phases(model: LanternModel, cfg, next_batch, val_batches, device: torch.device,
+               autocast=None) -> tuple[LanternModel, dict]:
+    """The error-corrector phase, then the probe phase (each when cfg configures it).
+    Returns (the model, with its probe after the probe phase; {phase name: report})."""
+    phases: dict = {}
+    if cfg.corrector_steps:
+        phases["corrector"] = run_corrector(model, cfg, next_batch, device, autocast)
+        logger.info("corrector: %s", phases["corrector"])
+    if cfg.probe_hidden:
+        model, phases["probe"] = run_probe_phase(model, cfg, next_batch, val_batches, device,
+                                                 autocast)
+    return model, phases

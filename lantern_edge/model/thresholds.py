@@ -15,10 +15,10 @@ import torch
 
 from .config import ControllerConfig
 from .modeling import LanternModel
+from .train_data import IGNORE
 from .uncertainty import UncertaintyHead
 
 BAND_QUANTILES = (0.60, 0.85, 0.95)
-IGNORE = -100
 
 
 @torch.no_grad()
