@@ -318,3 +318,28 @@ def test_controller_thresholds_are_calibrated_to_the_model(tiny_checkpoint):
     assert ctl.tau_low < ctl.tau_mid < ctl.tau_high
     assert [ctl.tau_low, ctl.tau_mid, ctl.tau_high] == ckpt.training["controller_calibration"]["tau"]
     assert (ctl.tau_low, ctl.tau_mid, ctl.tau_high) != (1.0, 2.0, 3.0)
+
+
+def test_init_from_starts_at_the_initial_weights_and_names_a_shape_mismatch(tmp_path):
+    """--init-from: step 0 validates the initial model's weights (same loss as the run that
+    wrote them), its tokenizer is reused, halting heads it had are dropped, and a run of
+    another shape is refused naming the field."""
+    first = tmp_path / "first.pt"
+    training.train(TrainConfig(output=str(first), **QUICK), progress=False)
+    start = load_checkpoint(first)
+    assert start.model_config.use_halting
+    second = tmp_path / "second.pt"
+    training.train(TrainConfig(output=str(second), init_from=str(first),
+                               **{**QUICK, "use_halting": False, "max_steps": 1}),
+                   progress=False)
+    after = load_checkpoint(second)
+    assert after.tokenizer_json == start.tokenizer_json
+    assert not after.model_config.use_halting
+    assert (after.training["eval_history"][0]["loss_per_depth"]
+            == start.training["eval_history"][-1]["loss_per_depth"])
+    assert not any(".halting." in k for k in after.state_dict)
+    with pytest.raises(ValueError, match=r"hidden_size \(run 48, init 32\)"):
+        training.train(TrainConfig(output=str(tmp_path / "x.pt"), init_from=str(first),
+                                   **{**QUICK, "hidden_size": 48}), progress=False)
+    with pytest.raises(ValueError, match="tokenizer must be None with init_from"):
+        TrainConfig(init_from=str(first), tokenizer="tokenizer.json")

@@ -22,6 +22,9 @@ FIELD_HELP = {
     "corpus_max_chars": "cap on characters per split (a deterministic sample of files)",
     "val_fraction": "share of files held out for validation (split by file)",
     "vocab_size": "byte-level BPE vocabulary size, special tokens included",
+    "init_from": "start from these weights: a checkpoint, or an artifacts directory such as the "
+                 "shipped model's (its tokenizer and shape; halting heads and probe dropped "
+                 "unless kept)",
     "tokenizer": "reuse this tokenizer.json (e.g. the shipped model's, so that models compare "
                  "token for token) instead of training one",
     "max_global_tokens": "global KV slots: BOS + at most this - 1 THINK tokens per sample",

@@ -28,6 +28,7 @@ class TrainConfig:
     val_fraction: float = 0.05            # share of FILES held out for validation
     vocab_size: int = 4096                # byte-level BPE, special tokens included
     tokenizer: str | None = None          # a tokenizer.json to reuse instead of training one
+    init_from: str | None = None          # start from these weights (checkpoint or artifacts)
     # model shape (ModelConfig fields)
     hidden_size: int = 256
     num_heads: int = 4
@@ -127,6 +128,8 @@ class TrainConfig:
         need(0 < self.deep_budget < 1, "deep_budget", "in (0, 1)")
         # the halting target needs a forward at one sampled depth; deep supervision runs the
         # exits instead (the depth probe replaces the halting heads)
+        need(not (self.init_from and self.tokenizer), "tokenizer",
+             "None with init_from (the initial model brings its own tokenizer)")
         need(not (self.deep_supervision and self.use_halting), "use_halting",
              "False with deep_supervision (the depth probe replaces the halting heads)")
         self.model_config({})                 # shape fields: ModelConfig names the bad one
@@ -173,6 +176,26 @@ PRESETS["recipe"] = dict(PRESETS["small"], **RECIPE, hidden_size=384, num_heads=
 PRESETS["recipe-control"] = dict(PRESETS["recipe"], steps_base=3, steps_reasoning=3,
                                  mixed_depth_fraction=0.0, corrector_steps=0, probe_hidden=0,
                                  max_minutes=5.5)
+
+
+# what a run started from other weights may change; every other ModelConfig field must match
+INIT_CHANGEABLE = ("steps_base", "steps_reasoning", "dropout", "use_halting", "input_injection")
+
+
+def init_model_config(cfg: TrainConfig, init: Checkpoint) -> ModelConfig:
+    """The model config of a run that starts from ``init``'s weights: init's shape, vocabulary
+    and special tokens, with cfg's INIT_CHANGEABLE fields. ValueError naming each shape field
+    where cfg and init disagree (weights of another shape cannot be loaded)."""
+    start = init.model_config
+    wrong = [f"{name} (run {getattr(cfg, name)!r}, init {getattr(start, name)!r})"
+             for name in MODEL_FIELDS + ("vocab_size",)
+             if name not in INIT_CHANGEABLE and getattr(cfg, name) != getattr(start, name)]
+    if wrong:
+        raise ValueError(f"--init-from {cfg.init_from}: the run's model shape differs from the "
+                         f"initial model's in {', '.join(wrong)}; pass the initial model's "
+                         f"values (or a preset of its shape)")
+    return dataclasses.replace(start, **{name: getattr(cfg, name) for name in INIT_CHANGEABLE},
+                               depth_probe_hidden=0)
 
 
 def _trainer_state_of(ckpt: Checkpoint, path: str | Path) -> dict[str, Any]:

@@ -25,7 +25,8 @@ from .corpus import load_corpus
 from .modeling import LanternModel
 from .thresholds import BAND_QUANTILES, calibrate_thresholds
 from .tokenizer import special_token_ids
-from .train_config import MODEL_FIELDS, PRESETS, RECIPE, TrainConfig, check_resumable, resume_config
+from .train_config import (MODEL_FIELDS, PRESETS, RECIPE, TrainConfig, check_resumable,
+                           init_model_config, resume_config)
 from .train_data import IGNORE, insert_think, make_batch, run_tokenizer, tokenize
 from .train_objectives import (StepLosses, compute_losses, evaluate, halting_bce, halting_targets,
                                sample_depth, sample_positions)
@@ -67,6 +68,31 @@ def train(cfg: TrainConfig, resume: str | Path | None = None, progress: bool = T
         torch.set_num_threads(previous_threads)
 
 
+def load_initial(path: str):
+    """The checkpoint (ours or upstream) or artifacts directory a run starts from."""
+    try:
+        from ..export.reimport import load_reference
+    except ImportError as e:       # artifacts are read back with onnx (the export extra)
+        raise ValueError(f"--init-from {path}: reading it needs the export extra "
+                         f"(pip install 'lantern-edge[export]'): {e}") from e
+    return load_reference(path)
+
+
+def load_initial_weights(model: LanternModel, state_dict: dict, path: str) -> None:
+    """Load every weight the run's model shares with the initial one. Modules the run adds
+    (input injection, identity-initialised) keep their initialisation; halting heads the run
+    drops are left behind; anything else that does not fit is an error."""
+    missing, unexpected = model.load_state_dict(state_dict, strict=False)
+    new = [k for k in missing if not k.startswith("injection.")]
+    dropped = [k for k in unexpected if ".halting." not in k and not k.startswith("probe.")
+               and not k.startswith("depth_probe.")]
+    if new or dropped:
+        raise ValueError(f"--init-from {path}: its weights do not fit the run's model (missing "
+                         f"{new[:4]}, unexpected {dropped[:4]})")
+    logger.info("initialised from %s (kept as initialised: %s; left behind: %s)", path,
+                missing or "none", unexpected or "none")
+
+
 def _train(cfg: TrainConfig, device: torch.device, resume: str | Path | None,
            progress: bool) -> dict:
     from tokenizers import Tokenizer
@@ -82,8 +108,13 @@ def _train(cfg: TrainConfig, device: torch.device, resume: str | Path | None,
     # 1. data and tokenizer (reused from the checkpoint when resuming)
     corpus = load_corpus(list(cfg.corpus), cfg.val_fraction, cfg.corpus_max_chars,
                          cfg.offline_corpus)
+    init = None
+    if state is None and cfg.init_from:
+        init = load_initial(cfg.init_from)
     if state is not None:
         tokenizer, model_cfg = Tokenizer.from_str(state.tokenizer_json), state.model_config
+    elif init is not None:
+        tokenizer, model_cfg = Tokenizer.from_str(init.tokenizer_json), init_model_config(cfg, init)
     else:
         tokenizer = run_tokenizer(cfg, corpus.train)
         model_cfg = cfg.model_config(special_token_ids(tokenizer))
@@ -114,6 +145,8 @@ def _train(cfg: TrainConfig, device: torch.device, resume: str | Path | None,
         prior_seconds = float(state.training.get("train_seconds", 0.0))
         history = list(state.training.get("eval_history", []))
         logger.info("resuming %s at step %d", resume, step)
+    elif init is not None:
+        load_initial_weights(model, init.state_dict, cfg.init_from)
     phases: dict[str, Any] = {}            # reports of the phases after the main loop
     controller_fields: dict[str, Any] = {}  # set by the probe phase
     think_id = model_cfg.think_token_id
