@@ -96,9 +96,10 @@ def test_generate_repetition_flags_reach_the_runtime():
         grams = [tuple(tokens[i:i + 3]) for i in range(len(tokens) - 2)]
         return len(grams) - len(set(grams))
 
-    plain = ids()
+    plain = ids("--repetition-penalty", "1", "--no-repeat-ngram-size", "0")
     assert repeated_trigrams(plain) > 0          # the shipped model repeats itself greedily
-    assert repeated_trigrams(ids("--no-repeat-ngram-size", "3")) == 0
+    assert repeated_trigrams(ids("--repetition-penalty", "1", "--no-repeat-ngram-size", "3")) == 0
+    assert ids() == ids("--repetition-penalty", "1.15", "--no-repeat-ngram-size", "6") != plain
     bad = run_cli("generate", "x", "--deep-trigger", "probe")
     assert bad.returncode == 2 and "needs a model with a depth probe" in bad.stderr
 

@@ -74,3 +74,17 @@ def test_the_reference_model_rebuilt_from_the_shipped_graphs_matches_model_onnx(
     with torch.no_grad():
         logits = model(torch.from_numpy(ids)[None]).logits.numpy()
     assert np.abs(logits - expected).max() <= 1e-4
+
+
+def test_cli_repetition_defaults_keep_greedy_output_from_repeating():
+    """The five everyday prompts, greedy, 64 tokens, with `lantern-edge generate`'s default
+    repetition controls: no line and no 8-token run occurs twice in any output."""
+    from lantern_edge.evaluation.repetition import check, repetition
+    from lantern_edge.runtime.cli import NO_REPEAT_NGRAM_SIZE, REPETITION_PENALTY
+    from lantern_edge.runtime.generate import Runtime
+    rows = check(Runtime(None), repetition_penalty=REPETITION_PENALTY,
+                 no_repeat_ngram_size=NO_REPEAT_NGRAM_SIZE)
+    assert [(name, what) for name, _, what in rows if what] == []
+    assert all(len(text) > 40 for _, text, _ in rows)
+    assert repetition("a = 1\nb = 2\na = 1\n", [1, 2, 3]) == "line 'a = 1' x2"
+    assert repetition("x", list(range(4)) * 3) == "8-token run x2"

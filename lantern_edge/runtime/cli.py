@@ -14,6 +14,11 @@ from ..errors import LanternError
 
 # ANSI colours per band; plain text when stdout is not a terminal or NO_COLOR is set.
 COLOURS = {"confident": "32", "moderate": "36", "high": "33", "very_high": "35", None: "0"}
+# Repetition controls on by default in the CLI (the Python API and the server keep Hugging
+# Face's and OpenAI's defaults, off): without them greedy output of the small shipped model
+# loops on everyday prompts. Measured with `python -m lantern_edge.evaluation.repetition`.
+REPETITION_PENALTY = 1.15
+NO_REPEAT_NGRAM_SIZE = 6
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -36,11 +41,12 @@ def _parser() -> argparse.ArgumentParser:
                    help="nucleus sampling: the smallest set with this mass, in (0, 1] (default: off)")
     p.add_argument("--min-p", type=float, default=None,
                    help="drop tokens below this share of the top token's probability (default: off)")
-    p.add_argument("--repetition-penalty", type=float, default=None,
-                   help="divide the logits of tokens already in the text by this, > 0 "
-                        "(default: 1.0, off)")
-    p.add_argument("--no-repeat-ngram-size", type=int, default=None,
-                   help="never repeat an n-gram of this many tokens (default: 0, off)")
+    p.add_argument("--repetition-penalty", type=float, default=REPETITION_PENALTY,
+                   help="divide the logits of tokens already in the text by this, > 0; 1 turns "
+                        f"it off (default: {REPETITION_PENALTY})")
+    p.add_argument("--no-repeat-ngram-size", type=int, default=NO_REPEAT_NGRAM_SIZE,
+                   help="never repeat an n-gram of this many tokens; 0 turns it off "
+                        f"(default: {NO_REPEAT_NGRAM_SIZE})")
     p.add_argument("--deep-trigger", choices=("u", "probe"), default=None,
                    help="what sends a token deep: the U bands, or the learned depth probe "
                         "(default: the model's manifest)")
