@@ -296,3 +296,30 @@ def test_malformed_manifest_cli_exits_2_with_one_line(art, name, capsys):
     assert main(["generate", "012", "--model", str(art), "--max-new-tokens", "2"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("lantern-edge generate: ") and err.count("\n") == 1
+
+
+def test_manifest_adaptive_false_makes_fixed_depth_the_default(tmp_path, random_model):
+    """A checkpoint whose controller says adaptive=False exports a manifest whose default is
+    the fixed path (no band, no signals) unless a call asks for adaptive; a non-bool there is
+    refused naming the field. (Manifests without the field load as adaptive: the others.)"""
+    import dataclasses
+
+    from conftest import _save_random_checkpoint
+    from lantern_edge import Runtime
+    from lantern_edge.errors import ArtifactError
+    from lantern_edge.export.api import export_checkpoint
+    from lantern_edge.model.checkpoint import load_checkpoint, save_checkpoint
+    ckpt = _save_random_checkpoint(random_model, tmp_path / "fixed.pt")
+    loaded = load_checkpoint(ckpt)
+    save_checkpoint(ckpt, random_model,
+                    dataclasses.replace(loaded.controller_config, adaptive=False),
+                    loaded.tokenizer_json)
+    export_checkpoint(ckpt, tmp_path / "fixed")
+    runtime = Runtime(tmp_path / "fixed")
+    assert {e.band for e in runtime.generate([5, 6, 7], max_new_tokens=6, seed=0).trace} == {None}
+    forced = {e.band for e in runtime.generate([5, 6, 7], max_new_tokens=6, seed=0,
+                                               adaptive=True).trace}
+    assert forced and None not in forced
+    edit(tmp_path / "fixed", _set("no", "controller", "adaptive"))
+    with pytest.raises(ArtifactError, match="controller.adaptive must be of type bool"):
+        Runtime(tmp_path / "fixed")

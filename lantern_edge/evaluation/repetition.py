@@ -54,12 +54,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", default=None, help="artifacts directory (default: shipped)")
     parser.add_argument("--plain", action="store_true",
                         help="no repetition controls (default: those of lantern-edge generate)")
-    parser.add_argument("--no-adaptive", action="store_true", help="fixed depth")
+    parser.add_argument("--no-adaptive", action="store_true",
+                        help="fixed depth (default: the model's manifest)")
     args = parser.parse_args(argv)
     from ..runtime.generate import Runtime
     runtime = Runtime(args.model)
     from ..runtime.cli import NO_REPEAT_NGRAM_SIZE, REPETITION_PENALTY
-    options = {"adaptive": not args.no_adaptive}
+    options = {"adaptive": False} if args.no_adaptive else {}
     if not args.plain:
         options.update(repetition_penalty=REPETITION_PENALTY,
                        no_repeat_ngram_size=NO_REPEAT_NGRAM_SIZE)

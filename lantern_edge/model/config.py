@@ -157,8 +157,13 @@ class ControllerConfig:
     # model was shown to gain from THINK: manifests written before the field existed load as
     # False (the shipped model loses 1.6 points with THINK); upstream checkpoints set True.
     inject_think: bool = False
+    # False: the model's default is the fixed steps_base path (no signals, no extra compute),
+    # for a model whose evaluation found no controller that beats fixed depth at equal cost.
+    # Manifests written before the field existed load as True.
+    adaptive: bool = True
 
     def __post_init__(self) -> None:
+        _require(isinstance(self.adaptive, bool), "adaptive", self.adaptive, "True or False")
         _require(self.tau_low <= self.tau_mid <= self.tau_high, "tau_low/tau_mid/tau_high",
                  (self.tau_low, self.tau_mid, self.tau_high), "non-decreasing")
         _require(isinstance(self.top_k_dispersion, int) and self.top_k_dispersion >= 1,

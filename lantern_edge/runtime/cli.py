@@ -54,8 +54,13 @@ def _parser() -> argparse.ArgumentParser:
                    help="with --deep-trigger probe: go deep when p_benefit >= this "
                         "(default: the model's manifest)")
     p.add_argument("--int8", action="store_true", help="use the INT8 graphs (default: fp32)")
-    p.add_argument("--no-adaptive", action="store_true",
-                   help="fixed steps_base path, no uncertainty signals (default: adaptive)")
+    depth = p.add_mutually_exclusive_group()
+    depth.add_argument("--adaptive", dest="adaptive", action="store_const", const=True,
+                       default=None, help="the adaptive controller: uncertainty signals, "
+                       "extra compute where unsure (default: the model's manifest)")
+    depth.add_argument("--no-adaptive", dest="adaptive", action="store_const", const=False,
+                       help="the fixed steps_base path, no uncertainty signals (default: the "
+                            "model's manifest)")
     p.add_argument("--no-token-healing", action="store_true",
                    help="keep a prompt's trailing whitespace tokens as they are (default: "
                         "regenerate them, so 'def f(x):\\n' gets an indented body)")
@@ -86,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
         args.prompt = sys.stdin.read()
     from .generate import Runtime
     overrides = {"max_new_tokens": args.max_new_tokens, "seed": args.seed,
-                 "adaptive": not args.no_adaptive, "do_sample": args.do_sample,
+                 "adaptive": args.adaptive, "do_sample": args.do_sample,
                  "token_healing": not args.no_token_healing}
     for name in ("temperature", "top_k", "top_p", "stop", "min_p", "repetition_penalty",
                  "no_repeat_ngram_size", "deep_trigger", "tau_probe"):

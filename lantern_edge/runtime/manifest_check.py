@@ -25,9 +25,11 @@ REBUILD = "re-run `lantern-export CHECKPOINT -o DIR --force`"
 ROLES = ("embed", "blocks", "mc_step", "lm_head", "uncertainty")
 OPTIONAL_ROLES = ("inject",)    # only models with input injection have it (docs/DEPTH.md)
 # Fields added after manifests were first shipped: absent, they take their defaults (sequence
-# order, no injection, no probe, the U bands, no THINK by default), so older artifacts load.
+# order, no injection, no probe, the U bands, no THINK by default, adaptive), so older
+# artifacts load.
 OPTIONAL_FIELDS = {"recursion_order", "input_injection", "depth_probe_hidden",
-                   "depth_probe_top_k", "deep_trigger", "tau_probe", "inject_think"}
+                   "depth_probe_top_k", "deep_trigger", "tau_probe", "inject_think",
+                   "adaptive"}
 
 # Parity recorded at export (lantern.json "parity"); the runtime refuses artifacts without it.
 LOGIT_TOLERANCE = 1e-4          # max abs logit difference, fp32

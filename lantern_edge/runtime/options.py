@@ -19,7 +19,7 @@ from typing import Any
 MODEL_FIELDS = ("eos_token_id", "steps_base", "steps_reasoning", "mc_samples", "weight_entropy",
                 "weight_dispersion", "weight_p_max", "tau_low", "tau_mid", "tau_high",
                 "lambda_epistemic", "refined_temperature", "halting_threshold", "inject_think",
-                "deep_trigger", "tau_probe")
+                "deep_trigger", "tau_probe", "adaptive")
 DEEP_TRIGGERS = ("u", "probe")
 
 
@@ -58,7 +58,7 @@ class GenerationOptions:
     logprobs: int | None = None           # N: the N most likely tokens' logprobs in each trace entry
     num_return_sequences: int = 1         # generate(): n sampled sequences, decoded as one batch
     # adaptive compute (None: the manifest's value)
-    adaptive: bool = True                 # False: the fixed steps_base path, no signals
+    adaptive: bool | None = None          # False: the fixed steps_base path, no signals
     steps_base: int | None = None         # iterations per block, cheap path
     steps_reasoning: int | None = None    # iterations per block, deep path (<= the model's)
     mc_samples: int | None = None         # dropout samples in the high band
@@ -87,9 +87,11 @@ class GenerationOptions:
                  "stop", self.stop, "a tuple of non-empty strings")
         _require(self.eos_token_id is None or (is_int(self.eos_token_id) and self.eos_token_id >= 0),
                  "eos_token_id", self.eos_token_id, "None or an id >= 0")
-        for name in ("ignore_eos", "do_sample", "adaptive", "use_halting", "token_healing"):
+        for name in ("ignore_eos", "do_sample", "use_halting", "token_healing"):
             _require(isinstance(getattr(self, name), bool), name, getattr(self, name),
                      "True or False")
+        _require(self.adaptive is None or isinstance(self.adaptive, bool), "adaptive",
+                 self.adaptive, "None, True or False")
         _require(self.inject_think is None or isinstance(self.inject_think, bool),
                  "inject_think", self.inject_think, "None, True or False")
         _require(self.deep_trigger is None or self.deep_trigger in DEEP_TRIGGERS, "deep_trigger",
