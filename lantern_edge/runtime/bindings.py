@@ -56,6 +56,9 @@ class BoundPass:
         outputs = SIGNALS + (("p_benefit",) if engine.has_probe else ())
         self.signal_buffers = {name: np.zeros(1, np.float32) for name in outputs}
         self.embedded = np.zeros((1, 1, hidden), np.float32)   # input injection's e
+        # signal_buffers already hold the signals of the logits buffer for self.weights (the
+        # fused pass computes them in its call)
+        self.signals_ready = False
 
         self.embed = bind(engine.embed, {"input_ids": self.ids, "positions": self.position},
                           {"hidden": self.hidden[0]})
@@ -90,6 +93,7 @@ class BoundPass:
             token, seq.engine.think_id, self.bias[0])
         self.ids[0], self.position[0] = token, self.position_
         self.parity = self.mc_parity = 0              # hidden[parity] holds the current state
+        self.signals_ready = False
         if resume is not None:                        # continuation: its saved state
             np.copyto(self.hidden[0], resume.resume)
             if resume.embedded is not None:
@@ -143,7 +147,107 @@ class BoundPass:
                 and logits.ctypes.data == self.logits.ctypes.data)
 
     def signals(self, weights: np.ndarray) -> dict[str, np.ndarray]:
-        np.copyto(self.weights, weights)
-        self.seq.run_bound("uncertainty", self.seq.engine.uncertainty,
-                           self.uncertainty[self.parity])
+        if not (self.signals_ready and np.array_equal(weights, self.weights)):
+            np.copyto(self.weights, weights)
+            self.seq.run_bound("uncertainty", self.seq.engine.uncertainty,
+                               self.uncertainty[self.parity])
+            self.signals_ready = True
         return self.signal_buffers
+
+
+class FusedPass:
+    """One token's cheap pass (embed, every (block, iteration) of steps_base, lm_head and, on
+    the adaptive path, the uncertainty head) in one call of the fused graph (fusion.py); a
+    pass of decode.py, used by Sequence.feed only where it computes what the separate calls
+    compute (depth steps_base, no halting threshold, no continuation).
+
+    It shares the BoundPass's buffers: token id, position, bias row, logits, weights and
+    signals, and hidden[0] as the final state, so that everything that reads a one-token
+    decode's results (signals of the bound logits, the depth probe's input, continuation) reads
+    them the same way whichever pass ran. The stored KV of every (block, iteration) is bound in
+    place; the new rows come back in small buffers and are written into their slots by the
+    loop's block() calls, as with the other passes.
+    """
+
+    def __init__(self, seq: Sequence, bound: BoundPass):
+        engine, cfg, kv = seq.engine, seq.config, seq.kv
+        self.seq, self.bound = seq, bound
+        hidden = cfg.hidden_size
+        graph = engine.fused[0][0]
+        self.keys = {bi: np.zeros((1, cfg.num_heads, 1, cfg.head_dim), np.float32)
+                     for bi in graph.kv}
+        self.values = {bi: np.zeros_like(k) for bi, k in self.keys.items()}
+        self.halts = ({bi: np.zeros((1, 1), np.float32) for bi in graph.kv}
+                      if engine.has_halt else {})
+        self.resume = np.zeros((1, 1, hidden), np.float32)
+        self.mc_input = np.zeros((1, 1, hidden), np.float32)
+        buffers = {"logits": bound.logits, "final": bound.hidden[0], "resume": self.resume,
+                   "mc_input": self.mc_input, "embedded": bound.embedded,
+                   **bound.signal_buffers}
+        for (b, i) in graph.kv:
+            buffers[f"key.{b}.{i}"] = self.keys[b, i]
+            buffers[f"value.{b}.{i}"] = self.values[b, i]
+            if self.halts:
+                buffers[f"halt.{b}.{i}"] = self.halts[b, i]
+        inputs = {"input_ids": bound.ids, "positions": bound.position, "attn_bias": bound.bias}
+        for (b, i) in graph.kv:
+            inputs[f"past_key.{b}.{i}"] = kv.keys[b, i]
+            inputs[f"past_value.{b}.{i}"] = kv.values[b, i]
+        self.bindings = []
+        for fused, session in engine.fused:
+            outputs = {}
+            for role, name in fused.outputs.items():
+                # roles that share an output (the resume state is the final one in cycle
+                # order) are bound once; the host reads the copies it needs from that buffer
+                outputs.setdefault(name, buffers[role])
+            self.bindings.append((session, bind(
+                session, {**inputs, **({"weights": bound.weights} if fused.signals else {})},
+                outputs)))
+        # roles bound to another role's buffer read from there
+        self.state_buffer = {role: buffers[next(r for r, n in graph.outputs.items()
+                                                if n == graph.outputs[role])]
+                             for role in ("resume", "mc_input", "final", "embedded")}
+
+    def begin(self, ids: np.ndarray, resume: FeedResult | None = None) -> None:
+        seq, bound = self.seq, self.bound
+        token = int(ids[0])
+        bound.position_, bound.is_global, bound.slot = seq.kv.begin_token(
+            token, seq.engine.think_id, bound.bias[0])
+        bound.ids[0], bound.position[0] = token, bound.position_
+        bound.parity = bound.mc_parity = 0           # hidden[0] holds the final state
+        weights = seq.signal_weights
+        if weights is not None:
+            np.copyto(bound.weights, weights)
+        session, binding = self.bindings[weights is not None]
+        seq.run_bound("fused", session, binding)
+        bound.signals_ready = weights is not None
+
+    def inject(self) -> None:
+        """Input injection ran inside the fused call."""
+
+    def state(self) -> np.ndarray:
+        return self.state_buffer["resume"].copy()
+
+    def last_embedded(self) -> np.ndarray:
+        return self.state_buffer["embedded"].copy()
+
+    def final_hidden(self) -> np.ndarray:
+        return self.bound.hidden[0][0]
+
+    def block(self, b: int, i: int) -> float | None:
+        kv, slot = self.seq.kv, self.bound.slot
+        kv.keys[b, i, :, slot] = self.keys[b, i][0, :, 0]
+        kv.values[b, i, :, slot] = self.values[b, i][0, :, 0]
+        return float(self.halts[b, i][0, 0]) if self.halts else None
+
+    def end_block(self, b: int, done: int) -> None:
+        kv, slot = self.seq.kv, self.bound.slot
+        if done < kv.keys.shape[1]:                  # carried-KV policy: deeper iterations
+            kv.keys[b, done:, :, slot] = self.keys[b, done - 1][0, :, 0]
+            kv.values[b, done:, :, slot] = self.values[b, done - 1][0, :, 0]
+
+    def finish(self) -> tuple[np.ndarray, int, bool, np.ndarray]:
+        bound = self.bound
+        self.seq.kv.commit_slot(bound.position_, bound.slot, bound.is_global)
+        return (bound.logits[0], bound.position_, bound.is_global,
+                self.state_buffer["mc_input"].copy())
