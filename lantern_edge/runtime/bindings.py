@@ -172,25 +172,28 @@ class FusedPass:
     def __init__(self, seq: Sequence, bound: BoundPass):
         engine, cfg, kv = seq.engine, seq.config, seq.kv
         self.seq, self.bound = seq, bound
-        hidden = cfg.hidden_size
+        hidden, depth = cfg.hidden_size, cfg.steps_base
         graph = engine.fused[0][0]
-        self.keys = {bi: np.zeros((1, cfg.num_heads, 1, cfg.head_dim), np.float32)
-                     for bi in graph.kv}
-        self.values = {bi: np.zeros_like(k) for bi, k in self.keys.items()}
-        self.halts = ({bi: np.zeros((1, 1), np.float32) for bi in graph.kv}
-                      if engine.has_halt else {})
+        # the new K/V rows of every (block, iteration) [blocks, R, H, D]: the fused call writes
+        # iterations < steps_base (each output bound to its [H, D] row: the same memory as
+        # [1, H, 1, D]), the deeper ones get the last computed (carried-KV policy), and one
+        # assignment per kind stores them all in their slot
+        self.new_keys = np.zeros(kv.keys.shape[:3] + kv.keys.shape[4:], np.float32)
+        self.new_values = np.zeros_like(self.new_keys)
+        self.halts = np.zeros((cfg.num_blocks, depth), np.float32) if engine.has_halt else None
+        self.depth = depth
         self.resume = np.zeros((1, 1, hidden), np.float32)
         self.mc_input = np.zeros((1, 1, hidden), np.float32)
         buffers = {"logits": bound.logits, "final": bound.hidden[0], "resume": self.resume,
                    "mc_input": self.mc_input, "embedded": bound.embedded,
                    **bound.signal_buffers}
-        for (b, i) in graph.kv:
-            buffers[f"key.{b}.{i}"] = self.keys[b, i]
-            buffers[f"value.{b}.{i}"] = self.values[b, i]
-            if self.halts:
-                buffers[f"halt.{b}.{i}"] = self.halts[b, i]
         inputs = {"input_ids": bound.ids, "positions": bound.position, "attn_bias": bound.bias}
+        row = (1, cfg.num_heads, 1, cfg.head_dim)
         for (b, i) in graph.kv:
+            buffers[f"key.{b}.{i}"] = self.new_keys[b, i].reshape(row)          # views
+            buffers[f"value.{b}.{i}"] = self.new_values[b, i].reshape(row)
+            if self.halts is not None:
+                buffers[f"halt.{b}.{i}"] = self.halts[b, i:i + 1].reshape(1, 1)
             inputs[f"past_key.{b}.{i}"] = kv.keys[b, i]
             inputs[f"past_value.{b}.{i}"] = kv.values[b, i]
         self.bindings = []
@@ -198,12 +201,11 @@ class FusedPass:
             outputs = {}
             for role, name in fused.outputs.items():
                 # roles that share an output (the resume state is the final one in cycle
-                # order) are bound once; the host reads the copies it needs from that buffer
+                # order) are bound once, to the first role's buffer
                 outputs.setdefault(name, buffers[role])
             self.bindings.append((session, bind(
                 session, {**inputs, **({"weights": bound.weights} if fused.signals else {})},
                 outputs)))
-        # roles bound to another role's buffer read from there
         self.state_buffer = {role: buffers[next(r for r, n in graph.outputs.items()
                                                 if n == graph.outputs[role])]
                              for role in ("resume", "mc_input", "final", "embedded")}
@@ -221,6 +223,12 @@ class FusedPass:
         session, binding = self.bindings[weights is not None]
         seq.run_bound("fused", session, binding)
         bound.signals_ready = weights is not None
+        # the call has read the stored KV: store the new rows of every (block, iteration) now
+        kv, slot, depth = seq.kv, bound.slot, self.depth
+        self.new_keys[:, depth:] = self.new_keys[:, depth - 1:depth]
+        self.new_values[:, depth:] = self.new_values[:, depth - 1:depth]
+        kv.keys[:, :, :, slot] = self.new_keys
+        kv.values[:, :, :, slot] = self.new_values
 
     def inject(self) -> None:
         """Input injection ran inside the fused call."""
@@ -235,16 +243,11 @@ class FusedPass:
         return self.bound.hidden[0][0]
 
     def block(self, b: int, i: int) -> float | None:
-        kv, slot = self.seq.kv, self.bound.slot
-        kv.keys[b, i, :, slot] = self.keys[b, i][0, :, 0]
-        kv.values[b, i, :, slot] = self.values[b, i][0, :, 0]
-        return float(self.halts[b, i][0, 0]) if self.halts else None
+        """The fused call ran this iteration and begin() stored its KV: its p_halt."""
+        return float(self.halts[b, i]) if self.halts is not None else None
 
     def end_block(self, b: int, done: int) -> None:
-        kv, slot = self.seq.kv, self.bound.slot
-        if done < kv.keys.shape[1]:                  # carried-KV policy: deeper iterations
-            kv.keys[b, done:, :, slot] = self.keys[b, done - 1][0, :, 0]
-            kv.values[b, done:, :, slot] = self.values[b, done - 1][0, :, 0]
+        """begin() stored the carried KV of the deeper iterations."""
 
     def finish(self) -> tuple[np.ndarray, int, bool, np.ndarray]:
         bound = self.bound
