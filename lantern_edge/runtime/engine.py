@@ -131,11 +131,15 @@ class Engine:
         self.unfused = ("fuse=False" if not fuse else None if self.bind_host
                         else "the fused pass runs on the CPU provider with the KV on the host")
         if self.unfused is None:
-            graphs = {role: verified_bytes(artifacts, artifacts.graph(precision, role))
-                      for role in ("embed", "lm_head", "uncertainty")
-                      + (("inject",) if cfg.input_injection else ())}
+            roles = ("embed", "lm_head", "uncertainty") + (
+                ("inject",) if cfg.input_injection else ())
+            where = [artifacts.graph(precision, role) for role in roles] + paths[:-1]
+            graphs = {role: verified_bytes(artifacts, path) for role, path in zip(roles, where)}
             graphs["blocks"] = [verified_bytes(artifacts, p) for p in paths[:-1]]
             try:
+                if len({path.parent for path in where}) != 1:
+                    # their external-data locations are relative to their own directories
+                    raise ValueError("the graphs to splice are not in one directory")
                 fused = [cheap_pass_graph(cfg, graphs, signals) for signals in (False, True)]
             except ValueError as e:             # not graphs we can splice: separate calls
                 self.unfused = str(e)
