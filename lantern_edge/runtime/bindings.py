@@ -143,11 +143,13 @@ class BoundPass:
 
     def holds(self, logits: np.ndarray) -> bool:
         """Whether logits [1, V] is the bound logits buffer (the latest decode's)."""
-        return (logits.ndim == 2 and logits.shape[0] == 1
-                and logits.ctypes.data == self.logits.ctypes.data)
+        # a [1, V] view of the [1, 1, V] buffer with its strides can only be all of it (numpy
+        # views keep the owning array as their base; cheaper than comparing data pointers)
+        return (logits.base is self.logits and logits.shape == self.logits.shape[1:]
+                and logits.strides == self.logits.strides[1:])
 
     def signals(self, weights: np.ndarray) -> dict[str, np.ndarray]:
-        if not (self.signals_ready and np.array_equal(weights, self.weights)):
+        if not (self.signals_ready and weights.tobytes() == self.weights.tobytes()):
             np.copyto(self.weights, weights)
             self.seq.run_bound("uncertainty", self.seq.engine.uncertainty,
                                self.uncertainty[self.parity])
