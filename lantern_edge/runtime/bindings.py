@@ -167,8 +167,8 @@ class FusedPass:
     signals, and hidden[0] as the final state, so that everything that reads a one-token
     decode's results (signals of the bound logits, the depth probe's input, continuation) reads
     them the same way whichever pass ran. The stored KV of every (block, iteration) is bound in
-    place; the new rows come back in small buffers and are written into their slots by the
-    loop's block() calls, as with the other passes.
+    place; the new rows come back in one small buffer per kind and are stored into their slot
+    right after the call (the loop's block() calls then only report p_halt).
     """
 
     def __init__(self, seq: Sequence, bound: BoundPass):

@@ -5,7 +5,7 @@ bindings of its one-token passes, its call timer. Many Sequences share one Engin
 so threads generating at once never touch each other's state.
 
 `Sequence.feed` runs new tokens embed -> blocks (each iteration one call of the block's step
-graph, its KV stored) -> lm_head, through one of three passes with the same interface:
+graph, its KV stored) -> lm_head, through one of four passes with the same interface:
 - `HostPass` (here): `session.run` on host arrays; prompts (several tokens), and one token when
   no faster pass applies;
 - `BoundPass` (bindings.py): one token through IO binding to persistent host buffers (the CPU

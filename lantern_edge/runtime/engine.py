@@ -1,8 +1,9 @@
 """The ONNX Runtime sessions of one artifacts directory: loaded once, shared, never mutated.
 
 An `Engine` holds only what every generation shares: the sessions (embed, one per block,
-mc_step, lm_head, uncertainty, inject for models with input injection, and on the device path
-the KV write graph), the model config and
+mc_step, lm_head, uncertainty, inject for models with input injection, on the CPU path the two
+fused cheap-pass graphs of fusion.py, and on the device path the KV write graph), the model
+config and
 the providers. ORT sessions may be run from several threads at once, so any number of
 generations (decode.py's `Sequence`, each with its own KV state and bindings) use one Engine.
 """
