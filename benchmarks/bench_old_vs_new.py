@@ -3,6 +3,7 @@ run: interleaved rounds, a fresh process per measurement, best and median.
 
     python benchmarks/bench_old_vs_new.py                      # against main, default model
     python benchmarks/bench_old_vs_new.py --old main --tokens 256 --rounds 7
+    python benchmarks/bench_old_vs_new.py --precision int8
 
 The old revision is checked out once with `git worktree add` (into --old-path); both read the
 same artifacts (this checkout's default model unless --model). Each measurement is a new Python
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -25,8 +27,8 @@ REPO = Path(__file__).resolve().parents[1]
 CHILD = r"""
 import json, sys, dataclasses
 from lantern_edge import GenerationOptions, Runtime
-model, tokens, adaptive = sys.argv[1], int(sys.argv[2]), sys.argv[3] == "1"
-rt = Runtime(model, providers=["CPUExecutionProvider"])
+model, tokens, adaptive, precision = sys.argv[1], int(sys.argv[2]), sys.argv[3] == "1", sys.argv[4]
+rt = Runtime(model, providers=["CPUExecutionProvider"], precision=precision)
 names = {f.name for f in dataclasses.fields(GenerationOptions)}
 no_eos = {"ignore_eos": True} if "ignore_eos" in names else {"eos_token_id": None}
 prompt = rt.encode("def read_config(path):\n    with open(path) as f:").tolist()
@@ -44,9 +46,9 @@ def checkout(ref: str, path: Path) -> Path:
     return path
 
 
-def measure(tree: Path, model: Path, tokens: int, adaptive: bool) -> float:
+def measure(tree: Path, model: Path, tokens: int, adaptive: bool, precision: str) -> float:
     done = subprocess.run([sys.executable, "-c", CHILD, str(model), str(tokens),
-                           "1" if adaptive else "0"], capture_output=True, text=True,
+                           "1" if adaptive else "0", precision], capture_output=True, text=True,
                           env={"PYTHONPATH": str(tree), "PATH": "/usr/bin:/bin"})
     if done.returncode != 0:
         raise SystemExit(f"{tree}: {done.stderr.strip().splitlines()[-1]}")
@@ -61,6 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", type=Path, default=REPO / "lantern_edge" / "default_model")
     p.add_argument("--tokens", type=int, default=256)
     p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--precision", choices=("fp32", "int8"), default="fp32")
     args = p.parse_args(argv)
     trees = {"old": checkout(args.old, args.old_path), "new": REPO}
     runs: dict[tuple[str, str], list[float]] = {}
@@ -68,10 +71,12 @@ def main(argv: list[str] | None = None) -> int:
         order = ["old", "new"] if round_ % 2 == 0 else ["new", "old"]
         for mode in ("fixed", "adaptive"):
             for name in order:
-                tok_s = measure(trees[name], args.model, args.tokens, mode == "adaptive")
+                tok_s = measure(trees[name], args.model, args.tokens, mode == "adaptive",
+                                args.precision)
                 runs.setdefault((name, mode), []).append(tok_s)
                 print(f"round {round_ + 1} {mode:8} {name}: {tok_s:,.0f} tok/s", file=sys.stderr)
-    print(f"\nsingle-stream decode tok/s, {args.tokens} new tokens, {args.rounds} rounds "
+    print(f"\nsingle-stream decode tok/s, {args.precision}, {args.tokens} new tokens, "
+          f"{args.rounds} rounds, load average {os.getloadavg()[0]:.1f} at the end "
           f"(old = {args.old}, new = this checkout)\n")
     print("| mode | old best | new best | new/old best | old median | new median | "
           "new/old median |\n|---|---|---|---|---|---|---|")

@@ -11,7 +11,8 @@ from lantern_edge.model.config import ModelConfig
 from lantern_edge.runtime.controller import band_of, dropout_masks
 from lantern_edge.runtime.stream import _TextOut
 from lantern_edge.runtime.kv_state import KVState
-from lantern_edge.runtime.sampling import choose, entropy, filter_logits, mc_summary, softmax
+from lantern_edge.runtime.sampling import (choose, entropy, filter_logits, mc_summary, probability,
+                                          softmax)
 
 # --- sampling -----------------------------------------------------------------------------------
 
@@ -47,6 +48,17 @@ def test_seeded_sampling_follows_the_distribution():
     assert np.allclose(freq, [0.7, 0.2, 0.1], atol=0.04)
     again = [choose(logits, True, 1.0, None, None, np.random.default_rng(s)) for s in range(50)]
     assert again == draws[:50]
+
+
+def test_probability_of_one_token_is_the_softmax_entry_bit_for_bit():
+    """The controller's trace reads one token's probability without the full softmax; it must
+    be the very float the softmax gives (traces are compared exactly)."""
+    rng = np.random.default_rng(0)
+    for _ in range(300):
+        logits = (rng.standard_normal(4096) * rng.uniform(0.1, 30)).astype(np.float32)
+        token = int(rng.integers(4096))
+        assert probability(logits, token) == float(softmax(logits[None])[0, token])
+    assert probability(np.array([0.0, -np.inf], np.float32), 1) == 0.0
 
 
 def test_entropy_and_softmax():

@@ -56,6 +56,9 @@ class BoundPass:
         outputs = SIGNALS + (("p_benefit",) if engine.has_probe else ())
         self.signal_buffers = {name: np.zeros(1, np.float32) for name in outputs}
         self.embedded = np.zeros((1, 1, hidden), np.float32)   # input injection's e
+        # signal_buffers already hold the signals of the logits buffer for self.weights (the
+        # fused pass computes them in its call)
+        self.signals_ready = False
 
         self.embed = bind(engine.embed, {"input_ids": self.ids, "positions": self.position},
                           {"hidden": self.hidden[0]})
@@ -90,6 +93,7 @@ class BoundPass:
             token, seq.engine.think_id, self.bias[0])
         self.ids[0], self.position[0] = token, self.position_
         self.parity = self.mc_parity = 0              # hidden[parity] holds the current state
+        self.signals_ready = False
         if resume is not None:                        # continuation: its saved state
             np.copyto(self.hidden[0], resume.resume)
             if resume.embedded is not None:
@@ -139,11 +143,116 @@ class BoundPass:
 
     def holds(self, logits: np.ndarray) -> bool:
         """Whether logits [1, V] is the bound logits buffer (the latest decode's)."""
-        return (logits.ndim == 2 and logits.shape[0] == 1
-                and logits.ctypes.data == self.logits.ctypes.data)
+        # a [1, V] view of the [1, 1, V] buffer with its strides can only be all of it (numpy
+        # views keep the owning array as their base; cheaper than comparing data pointers)
+        return (logits.base is self.logits and logits.shape == self.logits.shape[1:]
+                and logits.strides == self.logits.strides[1:])
 
     def signals(self, weights: np.ndarray) -> dict[str, np.ndarray]:
-        np.copyto(self.weights, weights)
-        self.seq.run_bound("uncertainty", self.seq.engine.uncertainty,
-                           self.uncertainty[self.parity])
+        if not (self.signals_ready and weights.tobytes() == self.weights.tobytes()):
+            np.copyto(self.weights, weights)
+            self.seq.run_bound("uncertainty", self.seq.engine.uncertainty,
+                               self.uncertainty[self.parity])
+            self.signals_ready = True
         return self.signal_buffers
+
+
+class FusedPass:
+    """One token's cheap pass (embed, every (block, iteration) of steps_base, lm_head and, on
+    the adaptive path, the uncertainty head) in one call of the fused graph (fusion.py); a
+    pass of decode.py, used by Sequence.feed only where it computes what the separate calls
+    compute (depth steps_base, no halting threshold, no continuation).
+
+    It shares the BoundPass's buffers: token id, position, bias row, logits, weights and
+    signals, and hidden[0] as the final state, so that everything that reads a one-token
+    decode's results (signals of the bound logits, the depth probe's input, continuation) reads
+    them the same way whichever pass ran. The stored KV of every (block, iteration) is bound in
+    place; the new rows come back in one small buffer per kind and are stored into their slot
+    right after the call (the loop's block() calls then only report p_halt).
+    """
+
+    def __init__(self, seq: Sequence, bound: BoundPass):
+        engine, cfg, kv = seq.engine, seq.config, seq.kv
+        self.seq, self.bound = seq, bound
+        hidden, depth = cfg.hidden_size, cfg.steps_base
+        graph = engine.fused[0][0]
+        # the new K/V rows of every (block, iteration) [blocks, R, H, D]: the fused call writes
+        # iterations < steps_base (each output bound to its [H, D] row: the same memory as
+        # [1, H, 1, D]), the deeper ones get the last computed (carried-KV policy), and one
+        # assignment per kind stores them all in their slot
+        self.new_keys = np.zeros(kv.keys.shape[:3] + kv.keys.shape[4:], np.float32)
+        self.new_values = np.zeros_like(self.new_keys)
+        self.halts = np.zeros((cfg.num_blocks, depth), np.float32) if engine.has_halt else None
+        self.depth = depth
+        self.resume = np.zeros((1, 1, hidden), np.float32)
+        self.mc_input = np.zeros((1, 1, hidden), np.float32)
+        buffers = {"logits": bound.logits, "final": bound.hidden[0], "resume": self.resume,
+                   "mc_input": self.mc_input, "embedded": bound.embedded,
+                   **bound.signal_buffers}
+        inputs = {"input_ids": bound.ids, "positions": bound.position, "attn_bias": bound.bias}
+        row = (1, cfg.num_heads, 1, cfg.head_dim)
+        for (b, i) in graph.kv:
+            buffers[f"key.{b}.{i}"] = self.new_keys[b, i].reshape(row)          # views
+            buffers[f"value.{b}.{i}"] = self.new_values[b, i].reshape(row)
+            if self.halts is not None:
+                buffers[f"halt.{b}.{i}"] = self.halts[b, i:i + 1].reshape(1, 1)
+            inputs[f"past_key.{b}.{i}"] = kv.keys[b, i]
+            inputs[f"past_value.{b}.{i}"] = kv.values[b, i]
+        self.bindings = []
+        for fused, session in engine.fused:
+            outputs = {}
+            for role, name in fused.outputs.items():
+                # roles that share an output (the resume state is the final one in cycle
+                # order) are bound once, to the first role's buffer
+                outputs.setdefault(name, buffers[role])
+            self.bindings.append((session, bind(
+                session, {**inputs, **({"weights": bound.weights} if fused.signals else {})},
+                outputs)))
+        self.state_buffer = {role: buffers[next(r for r, n in graph.outputs.items()
+                                                if n == graph.outputs[role])]
+                             for role in ("resume", "mc_input", "final", "embedded")}
+
+    def begin(self, ids: np.ndarray, resume: FeedResult | None = None) -> None:
+        seq, bound = self.seq, self.bound
+        token = int(ids[0])
+        bound.position_, bound.is_global, bound.slot = seq.kv.begin_token(
+            token, seq.engine.think_id, bound.bias[0])
+        bound.ids[0], bound.position[0] = token, bound.position_
+        bound.parity = bound.mc_parity = 0           # hidden[0] holds the final state
+        weights = seq.signal_weights
+        if weights is not None:
+            np.copyto(bound.weights, weights)
+        session, binding = self.bindings[weights is not None]
+        seq.run_bound("fused", session, binding)
+        bound.signals_ready = weights is not None
+        # the call has read the stored KV: store the new rows of every (block, iteration) now
+        kv, slot, depth = seq.kv, bound.slot, self.depth
+        self.new_keys[:, depth:] = self.new_keys[:, depth - 1:depth]
+        self.new_values[:, depth:] = self.new_values[:, depth - 1:depth]
+        kv.keys[:, :, :, slot] = self.new_keys
+        kv.values[:, :, :, slot] = self.new_values
+
+    def inject(self) -> None:
+        """Input injection ran inside the fused call."""
+
+    def state(self) -> np.ndarray:
+        return self.state_buffer["resume"].copy()
+
+    def last_embedded(self) -> np.ndarray:
+        return self.state_buffer["embedded"].copy()
+
+    def final_hidden(self) -> np.ndarray:
+        return self.bound.hidden[0][0]
+
+    def block(self, b: int, i: int) -> float | None:
+        """The fused call ran this iteration and begin() stored its KV: its p_halt."""
+        return float(self.halts[b, i]) if self.halts is not None else None
+
+    def end_block(self, b: int, done: int) -> None:
+        """begin() stored the carried KV of the deeper iterations."""
+
+    def finish(self) -> tuple[np.ndarray, int, bool, np.ndarray]:
+        bound = self.bound
+        self.seq.kv.commit_slot(bound.position_, bound.slot, bound.is_global)
+        return (bound.logits[0], bound.position_, bound.is_global,
+                self.state_buffer["mc_input"].copy())

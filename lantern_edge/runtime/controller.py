@@ -25,7 +25,7 @@ import numpy as np
 
 from ..model.config import ModelConfig
 from .options import GenerationOptions
-from .sampling import choose, mc_summary, penalize, softmax, top_logprobs
+from .sampling import choose, mc_summary, penalize, probability, softmax, top_logprobs
 
 logger = logging.getLogger(__name__)
 BANDS = ("confident", "moderate", "high", "very_high")
@@ -140,9 +140,6 @@ class Controller:
             for k, out in zip(deep, self._go_deep(runner, [gens[k] for k in deep],
                                                   [entries[k] for k in deep])):
                 logits[k] = out
-        # the model's distributions, one softmax for all rows (before temperature, filters,
-        # healing and repetition rules); the high band's is its MC mean
-        model_probs = softmax(np.stack(logits))
         for k, (g, e) in enumerate(zip(gens, entries)):
             o = g.options
             scale = o.refined_temperature if e.band == "moderate" else 1.0
@@ -150,11 +147,17 @@ class Controller:
             rules = penalize(rules, g.history, o.repetition_penalty, o.no_repeat_ngram_size)
             e.token_id = choose(rules, o.do_sample, o.temperature * scale, o.top_k, o.top_p,
                                 g.rng, self.suppress, o.min_p)
-            probs = chosen_from[k] if k in chosen_from else model_probs[k]
-            e.probability = float(probs[e.token_id])
+            # the probability under the model's distribution (before temperature, filters,
+            # healing and repetition rules); the high band's is its MC mean. Without logprobs
+            # only the chosen token's is needed (the same value as softmax(logits)[token]).
+            if k in chosen_from or o.logprobs is not None:
+                probs = chosen_from[k] if k in chosen_from else softmax(logits[k])
+                e.probability = float(probs[e.token_id])
+                if o.logprobs is not None:
+                    e.top_logprobs = [(i, "", lp) for i, lp in top_logprobs(probs, o.logprobs)]
+            else:
+                e.probability = probability(logits[k], e.token_id)
             e.logprob = math.log(max(e.probability, 1e-45))
-            if o.logprobs is not None:
-                e.top_logprobs = [(i, "", lp) for i, lp in top_logprobs(probs, o.logprobs)]
             _logged(e, g.step.position)
         return entries
 

@@ -5,11 +5,14 @@ bindings of its one-token passes, its call timer. Many Sequences share one Engin
 so threads generating at once never touch each other's state.
 
 `Sequence.feed` runs new tokens embed -> blocks (each iteration one call of the block's step
-graph, its KV stored) -> lm_head, through one of three passes with the same interface:
+graph, its KV stored) -> lm_head, through one of four passes with the same interface:
 - `HostPass` (here): `session.run` on host arrays; prompts (several tokens), and one token when
   no faster pass applies;
 - `BoundPass` (bindings.py): one token through IO binding to persistent host buffers (the CPU
   default: a bound call copies and allocates nothing);
+- `FusedPass` (bindings.py): one token's whole cheap pass in one bound call of the fused graph
+  (fusion.py), where it computes exactly what the separate calls compute: depth steps_base, no
+  halting threshold, a new token (not a continuation);
 - `DevicePass` (device_kv.py): one token with the KV state resident on the accelerator.
 A pass does the graph calls and KV writes; the per-(block, iteration) loop and the halting rule
 live only in `Sequence._loop`.
@@ -50,11 +53,13 @@ class CallTimer:
     seconds: float = 0.0
     calls: int = 0
     by_graph: dict[str, float] = field(default_factory=dict)
+    calls_by_graph: dict[str, int] = field(default_factory=dict)
 
     def add(self, name: str, seconds: float) -> None:
         self.seconds += seconds
         self.calls += 1
         self.by_graph[name] = self.by_graph.get(name, 0.0) + seconds
+        self.calls_by_graph[name] = self.calls_by_graph.get(name, 0) + 1
 
 
 class HostPass:
@@ -125,7 +130,7 @@ class Sequence:
     None: its own KV arrays and one-token passes."""
 
     def __init__(self, engine: Engine, kv: KVState | None = None):
-        from .bindings import BoundPass
+        from .bindings import BoundPass, FusedPass
         from .device_kv import DevicePass
 
         self.engine = engine
@@ -136,10 +141,17 @@ class Sequence:
         self.device = DevicePass(self) if engine.kv_on_device and kv is None else None
         self.one = self.device or (BoundPass(self) if engine.bind_host and kv is None
                                    else self.host)
+        self.fused = (FusedPass(self, self.one) if engine.fused is not None and kv is None
+                      else None)
+        # the uncertainty weights (a, b, c) the controller reads every fed token's signals with
+        # (the adaptive path sets them): the fused pass then computes the signals in its call;
+        # None: no signals expected (fixed depth), they are computed when asked for
+        self.signal_weights: np.ndarray | None = None
 
     def reset(self) -> None:
         self.kv.reset()
         self.timer = CallTimer()
+        self.signal_weights = None
         if self.device is not None:
             self.device.fresh = False
 
@@ -182,7 +194,9 @@ class Sequence:
                      for start in range(0, length, window)]
             return replace(parts[-1], logits=np.concatenate([p.logits for p in parts]))
         if length == 1:
-            return self._loop(self.one, ids, depth, halting_threshold)
+            fused = (self.fused is not None and depth == self.config.steps_base
+                     and halting_threshold is None)
+            return self._loop(self.fused if fused else self.one, ids, depth, halting_threshold)
         if self.device is None:
             return self._loop(self.host, ids, depth, None)
         self.device.download()          # the host pass reads and writes the host KV

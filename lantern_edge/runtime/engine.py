@@ -1,8 +1,9 @@
 """The ONNX Runtime sessions of one artifacts directory: loaded once, shared, never mutated.
 
 An `Engine` holds only what every generation shares: the sessions (embed, one per block,
-mc_step, lm_head, uncertainty, inject for models with input injection, and on the device path
-the KV write graph), the model config and
+mc_step, lm_head, uncertainty, inject for models with input injection, on the CPU path the two
+fused cheap-pass graphs of fusion.py, and on the device path the KV write graph), the model
+config and
 the providers. ORT sessions may be run from several threads at once, so any number of
 generations (decode.py's `Sequence`, each with its own KV state and bindings) use one Engine.
 """
@@ -17,6 +18,7 @@ import onnxruntime as ort
 
 from .artifacts import Artifacts
 from .device_kv import kv_write_model
+from .fusion import cheap_pass_graph
 from .protobuf import stored_slots_variable
 from .sessions import create_session, verified_bytes
 
@@ -68,7 +70,7 @@ class Engine:
 
     def __init__(self, artifacts: Artifacts, precision: str = "fp32",
                  providers: list[str] | None = None, intra_op_threads: int | None = None,
-                 *, kv_on_device: bool | None = None):
+                 *, kv_on_device: bool | None = None, fuse: bool = True):
         self.artifacts = artifacts
         self.config = cfg = artifacts.model_config
         self.providers = resolve_providers(providers)
@@ -123,3 +125,25 @@ class Engine:
                           if kv_on_device else None)
         # one-token decode through IO binding to host buffers (bindings.py) on the CPU provider
         self.bind_host = not kv_on_device and self.providers[0] == "CPUExecutionProvider"
+        # the cheap pass of one token as one graph (fusion.py) on the IO-bound host path:
+        # fused[signals] = (graph, session), without (fixed depth) and with the uncertainty head
+        # (adaptive); None with the reason in `unfused` when it does not apply
+        self.fused: tuple | None = None
+        self.unfused = ("fuse=False" if not fuse else None if self.bind_host
+                        else "the fused pass runs on the CPU provider with the KV on the host")
+        if self.unfused is None:
+            roles = ("embed", "lm_head", "uncertainty") + (
+                ("inject",) if cfg.input_injection else ())
+            where = [artifacts.graph(precision, role) for role in roles] + paths[:-1]
+            graphs = {role: verified_bytes(artifacts, path) for role, path in zip(roles, where)}
+            graphs["blocks"] = [verified_bytes(artifacts, p) for p in paths[:-1]]
+            try:
+                if len({path.parent for path in where}) != 1:
+                    # their external-data locations are relative to their own directories
+                    raise ValueError("the graphs to splice are not in one directory")
+                fused = [cheap_pass_graph(cfg, graphs, signals) for signals in (False, True)]
+            except ValueError as e:             # not graphs we can splice: separate calls
+                self.unfused = str(e)
+            else:
+                where = artifacts.graph(precision, "embed")     # its directory's external data
+                self.fused = tuple((f, session(where, f.model)) for f in fused)

@@ -42,6 +42,9 @@ class Runtime:
         providers: ONNX Runtime execution providers; None: CUDA when available, else CPU.
         precision: "fp32", or "int8" for the quantized graphs listed in the manifest.
         intra_op_threads: threads per session; None: one (measured fastest, README).
+        fuse: decode a token's cheap pass in one call of a graph spliced from the model's
+            graphs at load time (runtime/fusion.py) wherever it computes exactly what the
+            separate calls compute; False: always the separate calls (for comparison).
 
     Raises:
         ArtifactError: missing or corrupt artifacts (names the file and the fix).
@@ -54,7 +57,7 @@ class Runtime:
 
     def __init__(self, path: str | os.PathLike | None = None, *, providers: list[str] | None = None,
                  precision: str = "fp32", intra_op_threads: int | None = None,
-                 kv_on_device: bool | None = None):
+                 kv_on_device: bool | None = None, fuse: bool = True):
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
         if path is None:
@@ -68,7 +71,7 @@ class Runtime:
         self.config = self.artifacts.model_config
         self.precision = precision
         self.engine = Engine(self.artifacts, precision, providers, intra_op_threads,
-                             kv_on_device=kv_on_device)
+                             kv_on_device=kv_on_device, fuse=fuse)
         self.controller = Controller(self.config)
         self.tokenizer = load_tokenizer(self.artifacts)
         self.artifacts.blobs.clear()         # the sessions hold their own copies now

@@ -17,6 +17,12 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=-1, keepdims=True)
 
 
+def probability(logits: np.ndarray, token: int) -> float:
+    """softmax(logits)[token] of one row [V], the same float, without dividing every entry."""
+    e = np.exp(logits - logits.max())
+    return float(e[token] / e.sum())
+
+
 def entropy(probs: np.ndarray) -> np.ndarray:
     """Entropy in nats of each row; 0 * log 0 counts as 0."""
     logp = np.log(np.where(probs > 0, probs, 1.0))

@@ -86,6 +86,11 @@ class Generation:
                           else int(self.rng.integers(2**31)))
         self.halting = (options.halting_threshold if options.adaptive and options.use_halting
                         else None)
+        # the adaptive controller reads every token's signals with these weights (decode.py's
+        # fused pass computes them in the same call as the token)
+        seq.signal_weights = (np.array([options.weight_entropy, options.weight_dispersion,
+                                        options.weight_p_max], np.float32)
+                              if options.adaptive else None)
         # token healing (healing.py): the prompt fed without its trailing whitespace tokens,
         # whose text the first choices must regenerate
         self.fed, self.healing = (heal(ids, runtime.tokenizer.decode, runtime.config.vocab_size)

@@ -1,0 +1,192 @@
+"""The fused cheap pass (runtime/fusion.py, bindings.FusedPass): one session call per token that
+computes exactly what the separate graph calls compute. Held against the unfused runtime
+(`fuse=False`) on the shipped model (fp32, INT8) and on small models of both recursion orders
+with and without input injection: the same tokens and traces, bitwise logits, signals, KV, and
+the states continuation and MC read; and the fused session must actually run."""
+
+import dataclasses
+
+import numpy as np
+import onnx
+import pytest
+
+from lantern_edge import Runtime
+from lantern_edge.runtime.artifacts import open_artifacts
+from lantern_edge.runtime.decode import Sequence
+from lantern_edge.runtime.engine import Engine
+from lantern_edge.runtime.generate import DEFAULT_MODEL_DIR
+
+from depth_models import sequence_ids
+
+WEIGHTS = np.array([1.0, 0.5, 0.5], np.float32)
+
+
+def traces(result) -> list[dict]:
+    """The trace entries without their wall time."""
+    return [{k: v for k, v in dataclasses.asdict(t).items() if k != "microseconds"}
+            for t in result.trace]
+
+
+def generate(rt: Runtime, prompt, **options):
+    """A generation on a fresh Sequence of rt, and that Sequence's calls per graph."""
+    seq = Sequence(rt.engine)
+    rt._idle[:] = [seq]                                # the generation takes this state
+    result = rt.generate(prompt, ignore_eos=True, **options)
+    assert rt._idle == [seq]
+    return result, seq.timer.calls_by_graph
+
+
+@pytest.fixture(scope="module", params=["fp32", "int8"])
+def shipped(request):
+    return (Runtime(precision=request.param),
+            Runtime(precision=request.param, fuse=False))
+
+
+RUNS = {"fixed depth": dict(adaptive=False),
+        "adaptive greedy": dict(seed=0),          # the seed fixes the MC-dropout masks
+        "adaptive sampled": dict(do_sample=True, temperature=1.2, top_p=0.95, seed=3)}
+
+
+@pytest.mark.parametrize("run", RUNS)
+def test_shipped_model_fused_tokens_and_traces_equal_the_separate_calls(shipped, run):
+    fused, plain = shipped
+    tokens = 48
+    a, calls = generate(fused, "def fibonacci(n):", max_new_tokens=tokens, **RUNS[run])
+    b, plain_calls = generate(plain, "def fibonacci(n):", max_new_tokens=tokens, **RUNS[run])
+    assert a.token_ids == b.token_ids and len(a.token_ids) == tokens
+    assert traces(a) == traces(b)
+    cfg = fused.config
+    # every token after the first is fed through the fused graph, and only there: the block
+    # graphs run for the prompt (one call per (block, iteration)) and the deep band only
+    deep = sum(sum(t.deep_iterations or ()) for t in a.trace)
+    assert calls["fused"] == tokens - 1
+    assert calls["block"] == cfg.num_blocks * cfg.steps_base + deep
+    assert "fused" not in plain_calls
+    assert plain_calls["block"] == cfg.num_blocks * cfg.steps_base * tokens + deep
+    # adaptive: the signals came with the fused call, the uncertainty session ran once (the
+    # prompt's token); fixed depth: never
+    assert calls.get("uncertainty", 0) == (0 if run == "fixed depth" else 1)
+    if run != "fixed depth":
+        assert sum(t.band in ("high", "very_high") for t in a.trace) > 0   # MC and deepen ran
+
+
+def feed_both(root, steps: int, deepen_every: int = 0):
+    """Feed the same ids one at a time into a fused and an unfused Sequence of root's model,
+    alternating the fixed-depth and the adaptive fused graph; compare everything each returns."""
+    artifacts = open_artifacts(root)
+    cfg = artifacts.model_config
+    fast = Sequence(Engine(artifacts))
+    plain = Sequence(Engine(open_artifacts(root), fuse=False))
+    assert fast.fused is not None and plain.fused is None
+    ids = sequence_ids(steps)
+    for seq in (fast, plain):
+        seq.feed(ids[:4], cfg.steps_base)
+    worst = 0.0
+    for t in range(4, len(ids)):
+        fast.signal_weights = plain.signal_weights = WEIGHTS if t % 2 else None
+        a, b = fast.feed([ids[t]], cfg.steps_base), plain.feed([ids[t]], cfg.steps_base)
+        worst = max(worst, float(np.abs(a.logits - b.logits).max()))
+        assert (a.iterations, a.halting, a.position, a.is_global, a.ran) == \
+            (b.iterations, b.halting, b.position, b.is_global, b.ran)
+        for name in ("logits", "mc_input", "resume", "embedded", "hidden"):
+            x, y = getattr(a, name), getattr(b, name)
+            assert (x is None) == (y is None), name
+            assert x is None or np.array_equal(x, y), name
+        sa = fast.signals(a.logits[-1:], WEIGHTS, a.hidden)
+        sb = plain.signals(b.logits[-1:], WEIGHTS, b.hidden)
+        assert set(sa) == set(sb)
+        for name in sa:
+            assert np.array_equal(sa[name], sb[name]), name
+        if deepen_every and t % deepen_every == 0:      # continuation from a fused token
+            a, b = fast.deepen(a, cfg.steps_reasoning), plain.deepen(b, cfg.steps_reasoning)
+            assert np.array_equal(a.logits, b.logits) and a.ran == b.ran
+    assert np.array_equal(fast.kv.keys, plain.kv.keys)
+    assert np.array_equal(fast.kv.values, plain.kv.values)
+    assert np.array_equal(fast.kv.slot_pos, plain.kv.slot_pos)
+    return fast, worst
+
+
+def test_depth_models_fused_pass_is_bitwise_the_separate_calls(depth_artifacts):
+    """Both recursion orders, with and without input injection, a depth probe (p_benefit in
+    the fused signals), THINK tokens (global slots) and continuation after fused tokens."""
+    _, root = depth_artifacts
+    fast, worst = feed_both(root, 30, deepen_every=5)
+    assert worst == 0.0
+    assert fast.timer.calls_by_graph["fused"] == 30 - 4
+    assert "p_benefit" in fast.one.signal_buffers
+
+
+def test_depth_models_generate_the_same_tokens_and_traces_fused(depth_artifacts):
+    _, root = depth_artifacts
+    fused, plain = Runtime(root), Runtime(root, fuse=False)
+    ids = sequence_ids()[:10].tolist()
+    for options in (dict(adaptive=False), dict(seed=1), dict(do_sample=True, seed=2)):
+        a, calls = generate(fused, ids, max_new_tokens=24, **options)
+        b, _ = generate(plain, ids, max_new_tokens=24, **options)
+        assert a.token_ids == b.token_ids and traces(a) == traces(b)
+        assert calls["fused"] >= 1
+
+
+def test_halting_other_depths_and_device_kv_keep_the_separate_calls():
+    """The fused graph is the cheap pass without halting: a halting threshold or another
+    depth must take the separate calls (and still give the unfused tokens)."""
+    fused, plain = Runtime(), Runtime(fuse=False)
+    for options in (dict(use_halting=True, adaptive=True, seed=0), dict(steps_base=1, seed=0),
+                    dict(steps_base=3, adaptive=False)):
+        a, calls = generate(fused, "import os\n", max_new_tokens=12, **options)
+        b, _ = generate(plain, "import os\n", max_new_tokens=12, **options)
+        assert a.token_ids == b.token_ids and traces(a) == traces(b)
+        assert "fused" not in calls, options
+    device = Engine(open_artifacts(DEFAULT_MODEL_DIR), kv_on_device=True)
+    assert device.fused is None and "host" in device.unfused
+
+
+def test_fused_graph_shares_weights_and_checks(tmp_path):
+    """One copy of every weight (the iterations of a block read the same initializers), every
+    node of every instance present, and a graph the ONNX checker accepts."""
+    artifacts = open_artifacts(DEFAULT_MODEL_DIR)
+    engine = Engine(artifacts)
+    cfg = engine.config
+    graph = onnx.load_from_string(engine.fused[1][0].model)
+    names = [t.name for t in graph.graph.initializer]
+    assert len(names) == len(set(names))
+    for weight in ("block0.qkv_weight", "block1.down_weight", "token_embedding",
+                   "position_embedding", "final_norm.weight"):
+        assert names.count(weight) == 1, weight
+    assert [n for n in names if "/" in n] == ["fused/rows_of_logits"]   # nothing per instance
+    def nodes(name: str) -> int:
+        return len(onnx.load_from_string(artifacts.blobs[name]).graph.node)
+    blocks = sum(nodes(artifacts.graph_name("fp32", "blocks", b)) for b in range(cfg.num_blocks))
+    expected = (sum(nodes(artifacts.graph_name("fp32", role))
+                    for role in ("embed", "lm_head", "uncertainty"))
+                + cfg.steps_base * blocks + 1)          # + the Reshape of logits into the head
+    assert len(graph.graph.node) == expected
+    (tmp_path / "fused.onnx").write_bytes(engine.fused[1][0].model)   # beside its weights
+    (tmp_path / "weights.bin").write_bytes((DEFAULT_MODEL_DIR / "weights.bin").read_bytes())
+    onnx.checker.check_model(str(tmp_path / "fused.onnx"), full_check=True)
+    assert [i.name for i in graph.graph.input][:3] == ["input_ids", "positions", "attn_bias"]
+
+
+def test_unspliceable_graphs_fall_back_with_a_reason():
+    from lantern_edge.runtime.fusion import cheap_pass_graph
+    artifacts = open_artifacts(DEFAULT_MODEL_DIR)
+    cfg = artifacts.model_config
+    blobs = artifacts.blobs
+    graphs = {"embed": blobs["embed.onnx"], "blocks": [b"\x00garbage"] * cfg.num_blocks,
+              "lm_head": blobs["lm_head.onnx"], "uncertainty": blobs["uncertainty.onnx"]}
+    with pytest.raises(ValueError, match="cannot be spliced"):
+        cheap_pass_graph(cfg, graphs, signals=False)
+
+
+def test_int8_fused_graph_shares_all_but_the_dequantized_weights():
+    """INT8: the MatMulInteger weights are shared like the fp32 ones; a weight that goes
+    through DequantizeLinear (the down projection) is named per instance, since ORT fuses each
+    DequantizeLinear into its one MatMul (as in the separate graphs) and bitwise parity needs
+    that same kernel."""
+    engine = Engine(open_artifacts(DEFAULT_MODEL_DIR, "int8"), "int8")
+    graph = onnx.load_from_string(engine.fused[0][0].model)
+    names = [t.name for t in graph.graph.initializer]
+    assert names.count("block0.qkv_weight_quantized") == 1
+    assert names.count("block1.gate_up_weight_quantized") == 1
+    assert sorted(n for n in names if n.endswith("down_weight_int8")) == [
+        f"block{b}.{i}/block{b}.down_weight_int8" for b in (0, 1) for i in (0, 1)]
