@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
 from pathlib import Path
 
 from lantern_edge.export.api import export_checkpoint
@@ -85,17 +86,43 @@ training metadata; `lantern-edge eval` measures the rest.
 LIMIT_MB = 40.0
 
 
+def fixed_depth_copy(path: str, out: Path) -> str:
+    """The checkpoint at ``path`` with controller.adaptive=False, written to ``out``."""
+    import dataclasses
+
+    import torch
+
+    from lantern_edge.model.checkpoint import load_checkpoint
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    controller = dataclasses.replace(load_checkpoint(path).controller_config, adaptive=False)
+    ckpt["controller_config"] = controller.to_dict()
+    torch.save(ckpt, out)
+    return str(out)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("checkpoint")
     parser.add_argument("--out", default=str(REPO / "lantern_edge" / "default_model"))
+    parser.add_argument("--fixed-depth", action="store_true",
+                        help="make the fixed steps_base path the model's default "
+                             "(controller.adaptive=False), for a model whose evaluation found no "
+                             "controller that beats fixed depth at equal cost")
     args = parser.parse_args(argv)
     out = Path(args.out)
-    export_checkpoint(args.checkpoint, out, force=True, progress=print)
+    checkpoint = args.checkpoint
+    with tempfile.TemporaryDirectory() as tmp:
+        if args.fixed_depth:
+            checkpoint = fixed_depth_copy(checkpoint, Path(tmp) / "fixed.pt")
+        export_checkpoint(checkpoint, out, force=True, progress=print)
     quantize_artifacts(out, force=True, progress=print)
     manifest = read_manifest(out)
-    recipe = bool((manifest.get("training") or {}).get("phases"))
-    write_model_card(out, manifest, RECIPE_NOTES if recipe else NOTES)
+    training = manifest.get("training") or {}
+    if (training.get("train_config") or {}).get("init_from"):
+        notes = FINETUNE_NOTES
+    else:
+        notes = RECIPE_NOTES if training.get("phases") else NOTES
+    write_model_card(out, manifest, notes)
     write_manifest(out, manifest)
     total = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
     print(f"wrote {out}: {total / 1e6:.2f} MB (fp32 + int8; limit {LIMIT_MB:.0f} MB)")
