@@ -83,6 +83,39 @@ python scripts/build_default_model.py model.pt
 The phases' reports (corrector losses, the probe's AUROC and tau_probe) are in the checkpoint's
 training metadata; `lantern-edge eval` measures the rest.
 """
+FINETUNE_NOTES = """\
+## How this model was made
+
+A CPU fine-tune of the previous default model (the stdlib model of lantern-edge 0.1.0, commit
+e623bc8; 3370 steps on an H200) on the larger corpus, because this project's session had no
+accelerator: its weights and tokenizer (`--init-from`), the same shape, at fixed depth 2
+(`--steps-base 2 --steps-reasoning 2`: the equal-training-compute control of the recipe,
+which beat the recipe; docs/TRAINING_RECIPE.md), on the standard library plus the installed
+dependency closure of lantern-edge[export,dev], with the standard library's training files
+weighted 7x (they are 8% of the closure; without the weight a fine-tune loses
+standard-library quality while it learns the other packages). One torch thread, `nice 19`,
+on 2 shared cores.
+
+```
+git archive e623bc8 lantern_edge/default_model | tar -x -C /tmp/previous
+lantern-edge corpus --offline-corpus closure -o runs/closure-corpus
+lantern-edge corpus -o runs/stdlib-corpus
+python scripts/mix_corpus.py runs/mix-corpus --base runs/closure-corpus \\
+    --add runs/stdlib-corpus --times 6
+lantern-edge train --preset small --corpus runs/mix-corpus \\
+    --init-from /tmp/previous/lantern_edge/default_model --use-halting false \\
+    --deep-supervision true --think-rate 0 --batch-size 16 --lr 2e-4 --warmup-steps 10 \\
+    --max-steps 100000 --eval-interval 30 --eval-batches 8 --threads 1 \\
+    --steps-base 2 --steps-reasoning 2 --mixed-depth-fraction 0 --max-minutes 63 \\
+    -o runs/ft_control.pt
+python scripts/build_default_model.py runs/ft_control.pt --fixed-depth
+```
+
+The manifest's controller says `adaptive: false`: the fixed path is this model's default,
+because no controller measured better at equal cost (the kill criterion of
+docs/TRAINING_RECIPE.md; README "Does adaptive compute pay?"). `adaptive=True` still runs
+the bands (MC dropout in the high band; this model has no deeper iterations to spend).
+"""
 LIMIT_MB = 40.0
 
 

@@ -157,6 +157,8 @@ def _stdlib_instead(evaluated: Evaluated, sources: list[str]) -> tuple[list[str]
     file's relative path, so the same files are held out here."""
     data = evaluated.training.get("data") or {}
     origin = data.get("prepared_from") or data
+    # a corpus mixed from prepared ones (scripts/mix_corpus.py) keeps its base's validation split
+    origin = origin.get("base") or origin
     if "standard library" not in str(origin.get("source", "")):
         raise ValueError(
             f"the checkpoint was trained on {', '.join(sources)}, which is not on this machine; "
@@ -164,7 +166,8 @@ def _stdlib_instead(evaluated: Evaluated, sources: list[str]) -> tuple[list[str]
     fraction = float(origin.get("val_fraction", 0.05))
     return [], fraction, (f"the checkpoint's corpus {', '.join(sources)} is not here; it was "
                           f"prepared from the {origin['source']}, whose split (by path hash, "
-                          f"{fraction}) this run reproduces from the local standard library")
+                          f"{fraction}) this run reproduces for the local standard library's "
+                          f"files")
 
 
 def make_windows(stream: np.ndarray, info: dict, config: ModelConfig, tokens: int,
