@@ -12,6 +12,7 @@ the commands in the notes reproduce it. Fails when fp32 + int8 exceed 40 MB.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import tempfile
 from pathlib import Path
@@ -19,6 +20,8 @@ from pathlib import Path
 from lantern_edge.export.api import export_checkpoint
 from lantern_edge.export.manifest import read_manifest, write_manifest
 from lantern_edge.export.model_card import write_model_card
+from lantern_edge.model.train_config import TrainConfig
+from lantern_edge.model.training import objectives_text
 from lantern_edge.quantization.api import quantize_artifacts
 
 REPO = Path(__file__).resolve().parents[1]
@@ -119,10 +122,14 @@ the bands (MC dropout in the high band; this model has no deeper iterations to s
 LIMIT_MB = 40.0
 
 
+def stored_train_config(stored: dict) -> TrainConfig:
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    values = {k: v for k, v in stored.items() if k in known}
+    return TrainConfig(**{**values, "corpus": tuple(values.get("corpus") or ())})
+
+
 def fixed_depth_copy(path: str, out: Path) -> str:
     """The checkpoint at ``path`` with controller.adaptive=False, written to ``out``."""
-    import dataclasses
-
     import torch
 
     from lantern_edge.model.checkpoint import load_checkpoint
@@ -151,6 +158,10 @@ def main(argv: list[str] | None = None) -> int:
     quantize_artifacts(out, force=True, progress=print)
     manifest = read_manifest(out)
     training = manifest.get("training") or {}
+    if training.get("train_config"):
+        # the run's objectives in words, from its stored config (older checkpoints stored a
+        # fixed text that named THINK and halting whether the run used them or not)
+        training["objectives"] = objectives_text(stored_train_config(training["train_config"]))
     if (training.get("train_config") or {}).get("init_from"):
         notes = FINETUNE_NOTES
     else:

@@ -68,6 +68,25 @@ def train(cfg: TrainConfig, resume: str | Path | None = None, progress: bool = T
         torch.set_num_threads(previous_threads)
 
 
+def objectives_text(cfg: TrainConfig) -> dict[str, str]:
+    """What the run optimised, in words (the model card prints it); only the parts it used."""
+    text = {"depth": ("a loss at every depth's exit 1..steps_reasoning, weights rising with "
+                      "depth" if cfg.deep_supervision else "uniform 1..steps_reasoning")
+            + " per batch" + (f"; per token on {cfg.mixed_depth_fraction:.0%} of batches"
+                              if cfg.mixed_depth_fraction > 0 else "")}
+    if cfg.think_rate > 0:
+        text["think"] = (f"inserted at rate {cfg.think_rate} ({cfg.think_placement}); the label "
+                         "before a THINK is ignored, the THINK position predicts the next real "
+                         "token")
+    if cfg.use_halting:
+        text["halting"] = ("BCE of p_halt after iteration d-1 against argmax(depth d-1) == "
+                           "argmax(depth d) (no-grad eval-mode passes), on uniform-depth "
+                           "batches with d >= 2")
+    if cfg.init_from:
+        text["init"] = f"started from the weights and tokenizer of {cfg.init_from}"
+    return text
+
+
 def load_initial(path: str):
     """The checkpoint (ours or upstream) or artifacts directory a run starts from."""
     try:
@@ -175,14 +194,7 @@ def _train(cfg: TrainConfig, device: torch.device, resume: str | Path | None,
             "train_config": {**dataclasses.asdict(cfg), "corpus": list(cfg.corpus)},
             "device": str(device), "torch_version": str(torch.__version__), "final": final,
             "phases": phases,
-            "objectives": {
-                "depth": "uniform 1..steps_reasoning per batch; per token on "
-                         f"{cfg.mixed_depth_fraction:.0%} of batches (THINK at steps_reasoning)",
-                "think": f"inserted at rate {cfg.think_rate}; the label before a THINK is "
-                         "ignored, the THINK position predicts the next real token",
-                "halting": "BCE of p_halt after iteration d-1 against argmax(depth d-1) == "
-                           "argmax(depth d) (no-grad eval-mode passes), on uniform-depth "
-                           "batches with d >= 2"},
+            "objectives": objectives_text(cfg),
         }
         rng_state = {"seed": cfg.seed, "numpy": rng.bit_generator.state,
                      "torch": torch.get_rng_state(),
