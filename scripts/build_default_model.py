@@ -118,6 +118,20 @@ The manifest's controller says `adaptive: false`: the fixed path is this model's
 because no controller measured better at equal cost (the kill criterion of
 docs/TRAINING_RECIPE.md; README "Does adaptive compute pay?"). `adaptive=True` still runs
 the bands (MC dropout in the high band; this model has no deeper iterations to spend).
+
+## Known limits
+
+- A 3.5M-parameter model: it writes plausible, locally consistent Python (indentation,
+  names, idioms of the standard library and of the packages it saw) but not correct
+  programs. Greedy decoding alone still loops on everyday prompts; `lantern-edge generate`
+  therefore defaults to `--repetition-penalty 1.15 --no-repeat-ngram-size 6`
+  (`python -m lantern_edge.evaluation.repetition`, with and without `--plain`).
+- Its fine-tune saw 2.8M tokens on 2 CPU cores: far from what the shape can learn. On the
+  closure corpus's held-out files it is still improving when the run ends.
+- No deeper iterations (`steps_reasoning` = `steps_base` = 2) and no depth probe: the
+  recipe model that had them did not make extra depth pay (docs/TRAINING_RECIPE.md).
+- Attention reaches 128 tokens back plus the global tokens; positions beyond 3072 do not
+  exist: generation stops there (`stop_reason="max_position"`).
 """
 LIMIT_MB = 40.0
 
