@@ -182,7 +182,7 @@ def test_batched_equals_unbatched_on_the_default_model():
     the continued token), as the shipped model decodes them alone."""
     runtime = Runtime()
     modes = [FORCED["confident"], FORCED["high"], dict(FORCED["very_high"], inject_think=True),
-             dict(FORCED["very_high"], inject_think=False), dict(use_halting=True)]
+             dict(FORCED["very_high"], inject_think=False), dict(adaptive=False)]
     requests = [(prompt, dict(mode, max_new_tokens=6, ignore_eos=True, seed=i,
                               do_sample=i % 2 == 0))
                 for i, (prompt, mode) in enumerate(zip(

@@ -58,8 +58,15 @@ def test_generate_cli_uses_the_default_model():
                           capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     data = json.loads(proc.stdout)
-    assert len(data["token_ids"]) == 8 and {t["band"] for t in data["trace"]} <= {
-        "confident", "moderate", "high", "very_high"}
+    # the manifest makes the fixed path the default (controller.adaptive=false); --adaptive
+    # runs the bands
+    assert len(data["token_ids"]) == 8 and {t["band"] for t in data["trace"]} == {None}
+    proc = subprocess.run([sys.executable, "-m", "lantern_edge.cli", "generate", PROMPT,
+                           "--max-new-tokens", "8", "--seed", "0", "--json", "--adaptive"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    bands = {t["band"] for t in json.loads(proc.stdout)["trace"]}
+    assert bands and bands <= {"confident", "moderate", "high", "very_high"}
 
 
 def test_the_reference_model_rebuilt_from_the_shipped_graphs_matches_model_onnx():

@@ -43,8 +43,9 @@ def shipped(request):
 
 
 RUNS = {"fixed depth": dict(adaptive=False),
-        "adaptive greedy": dict(seed=0),          # the seed fixes the MC-dropout masks
-        "adaptive sampled": dict(do_sample=True, temperature=1.2, top_p=0.95, seed=3)}
+        "adaptive greedy": dict(adaptive=True, seed=0),   # the seed fixes the MC-dropout masks
+        "adaptive sampled": dict(adaptive=True, do_sample=True, temperature=1.2, top_p=0.95,
+                                 seed=3)}
 
 
 @pytest.mark.parametrize("run", RUNS)
@@ -127,14 +128,17 @@ def test_depth_models_generate_the_same_tokens_and_traces_fused(depth_artifacts)
         assert calls["fused"] >= 1
 
 
-def test_halting_other_depths_and_device_kv_keep_the_separate_calls():
+def test_halting_other_depths_and_device_kv_keep_the_separate_calls(tiny_artifacts):
     """The fused graph is the cheap pass without halting: a halting threshold or another
     depth must take the separate calls (and still give the unfused tokens)."""
-    fused, plain = Runtime(), Runtime(fuse=False)
-    for options in (dict(use_halting=True, adaptive=True, seed=0), dict(steps_base=1, seed=0),
-                    dict(steps_base=3, adaptive=False)):
-        a, calls = generate(fused, "import os\n", max_new_tokens=12, **options)
-        b, _ = generate(plain, "import os\n", max_new_tokens=12, **options)
+    cases = [(DEFAULT_MODEL_DIR, "import os\n", dict(steps_base=1, adaptive=True, seed=0)),
+             (DEFAULT_MODEL_DIR, "import os\n", dict(steps_base=1, adaptive=False)),
+             (tiny_artifacts, [5, 6, 7], dict(use_halting=True, adaptive=True, seed=0)),
+             (tiny_artifacts, [5, 6, 7], dict(steps_base=3, adaptive=False))]
+    for root, prompt, options in cases:
+        fused, plain = Runtime(root), Runtime(root, fuse=False)
+        a, calls = generate(fused, prompt, max_new_tokens=12, **options)
+        b, _ = generate(plain, prompt, max_new_tokens=12, **options)
         assert a.token_ids == b.token_ids and traces(a) == traces(b)
         assert "fused" not in calls, options
     device = Engine(open_artifacts(DEFAULT_MODEL_DIR), kv_on_device=True)

@@ -16,10 +16,10 @@ INF = float("inf")
 # (very_high injects THINK while the global KV buffer has room when the model's inject_think
 # default says so, and otherwise continues the token to steps_reasoning.)
 FORCED = {
-    "confident": dict(tau_low=INF, tau_mid=INF, tau_high=INF),
-    "moderate": dict(tau_low=-INF, tau_mid=INF, tau_high=INF),
-    "high": dict(tau_low=-INF, tau_mid=-INF, tau_high=INF),
-    "very_high": dict(tau_low=-INF, tau_mid=-INF, tau_high=-INF),
+    "confident": dict(adaptive=True, tau_low=INF, tau_mid=INF, tau_high=INF),
+    "moderate": dict(adaptive=True, tau_low=-INF, tau_mid=INF, tau_high=INF),
+    "high": dict(adaptive=True, tau_low=-INF, tau_mid=-INF, tau_high=INF),
+    "very_high": dict(adaptive=True, tau_low=-INF, tau_mid=-INF, tau_high=-INF),
 }
 
 # What each band adds to the cheap pass (README "How the controller decides").
