@@ -102,9 +102,11 @@ def test_probe_trigger_needs_a_probe(tiny_artifacts):
         Runtime(tiny_artifacts).generate("def", max_new_tokens=1, deep_trigger="probe")
 
 
-def test_shipped_model_forced_deep_costs_five_iterations_per_block_not_six():
-    result = Runtime().generate("def read_config(path):", max_new_tokens=8, eos_token_id=None,
-                                **FORCED["very_high"])
+def test_sequence_order_forced_deep_costs_five_iterations_per_block_not_six(tiny_artifacts):
+    """Sequence order, steps 2/4, 2 blocks (the tiny preset): a continued token runs block 0
+    two more iterations and block 1 all four again: 5 per block, not the 6 of a re-run."""
+    result = Runtime(tiny_artifacts).generate([5, 6, 7], max_new_tokens=8, eos_token_id=None,
+                                              inject_think=False, **FORCED["very_high"])
     assert [t.deep_iterations for t in result.trace] == [[2, 4]] * 8
     assert result.stats["mean_iterations_per_block"] == pytest.approx(5.0)
     assert np.isfinite([t.u for t in result.trace]).all()
