@@ -1,10 +1,11 @@
-"""Render `lantern-edge generate PROMPT --trace` as a terminal-style PNG (the README's picture).
+"""Render `lantern-edge generate PROMPT --adaptive --trace` as a terminal-style PNG (the README's picture).
 
     python scripts/render_trace.py -o docs/trace.png           # needs matplotlib (dev extra)
 
-Runs the shipped model as `lantern-edge generate "def read_config(path):" --trace` does
-(greedy, the manifest's controller, 64 new tokens) and draws what the terminal shows: each new
-token in its band's colour, then the per-band summary (without its tok/s line, which varies).
+Runs the shipped model as `lantern-edge generate "def read_config(path):" --adaptive --trace`
+does (greedy, the adaptive controller, the CLI's repetition controls, 64 new tokens) and
+draws what the terminal shows: each new token in its band's colour, then the per-band summary
+(without its tok/s line, which varies).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from lantern_edge import Runtime  # noqa: E402
-from lantern_edge.runtime.cli import _summary  # noqa: E402
+from lantern_edge.runtime.cli import NO_REPEAT_NGRAM_SIZE, REPETITION_PENALTY, _summary  # noqa: E402
 
 # the terminal colours of lantern-edge generate --trace (green, cyan, yellow, magenta)
 COLOURS = {"confident": "#4ec94e", "moderate": "#3fc6d6", "high": "#e5c33c",
@@ -27,7 +28,7 @@ BACKGROUND, PLAIN = "#1e1e1e", "#d0d0d0"
 def cells(prompt: str, pieces: list[tuple[str, str | None]], summary: str):
     """(row, column, character, colour) of every visible character, as a terminal lays them out."""
     out, row, col = [], 0, 0
-    chunks = [(f"$ lantern-edge generate {prompt!r} --trace\n", PLAIN)]
+    chunks = [(f"$ lantern-edge generate {prompt!r} --adaptive --trace\n", PLAIN)]
     chunks += [(text, COLOURS[band]) for text, band in pieces] + [("\n" + summary, PLAIN)]
     for text, colour in chunks:
         for ch in text:
@@ -49,7 +50,9 @@ def main() -> int:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    result = Runtime().generate(args.prompt, max_new_tokens=64)
+    result = Runtime().generate(args.prompt, max_new_tokens=64, adaptive=True,
+                                repetition_penalty=REPETITION_PENALTY,
+                                no_repeat_ngram_size=NO_REPEAT_NGRAM_SIZE)
     pieces = [(t.text, t.band) for t in result.trace]
     summary = _summary(result.trace, colour=False).lstrip("\n")
     summary = "\n".join(line for line in summary.splitlines() if "tok/s" not in line)  # timing varies
