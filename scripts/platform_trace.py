@@ -4,8 +4,8 @@
     python scripts/platform_trace.py compare x86_fp32.json arm_fp32.json
 
 `record` generates with the shipped default model (runtime dependencies only: numpy,
-onnxruntime, tokenizers) in three modes: the adaptive default, the fixed path
-(adaptive=False) and seeded sampling, and prints one JSON object with every token's id, band,
+onnxruntime, tokenizers) in three modes: the adaptive controller (adaptive=True), the fixed
+path (adaptive=False) and seeded sampling, and prints one JSON object with every token's id, band,
 iterations, MC samples, THINK/deepen decisions and probabilities, plus the machine and the
 CPU features the OS reports (they pick ONNX Runtime's kernels).
 
@@ -24,7 +24,7 @@ import sys
 import time
 
 PROMPT = "def read_config(path):"
-MODES = {"adaptive": {}, "fixed": {"adaptive": False},
+MODES = {"adaptive": {"adaptive": True}, "fixed": {"adaptive": False},
          "sampled": {"do_sample": True, "temperature": 0.8}}
 DECISIONS = ("token_id", "band", "iterations", "deep_iterations", "mc_samples",
              "think_injected", "deepened")
