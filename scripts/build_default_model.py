@@ -12,7 +12,6 @@ the commands in the notes reproduce it. Fails when fp32 + int8 exceed 40 MB.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
 import tempfile
 from pathlib import Path
@@ -20,7 +19,7 @@ from pathlib import Path
 from lantern_edge.export.api import export_checkpoint
 from lantern_edge.export.manifest import read_manifest, write_manifest
 from lantern_edge.export.model_card import write_model_card
-from lantern_edge.model.train_config import TrainConfig
+from lantern_edge.model.train_config import stored_config
 from lantern_edge.model.training import objectives_text
 from lantern_edge.quantization.api import quantize_artifacts
 
@@ -136,20 +135,11 @@ the bands (MC dropout in the high band; this model has no deeper iterations to s
 LIMIT_MB = 40.0
 
 
-def stored_train_config(stored: dict) -> TrainConfig:
-    known = {f.name for f in dataclasses.fields(TrainConfig)}
-    values = {k: v for k, v in stored.items() if k in known}
-    return TrainConfig(**{**values, "corpus": tuple(values.get("corpus") or ())})
-
-
 def fixed_depth_copy(path: str, out: Path) -> str:
     """The checkpoint at ``path`` with controller.adaptive=False, written to ``out``."""
     import torch
-
-    from lantern_edge.model.checkpoint import load_checkpoint
     ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    controller = dataclasses.replace(load_checkpoint(path).controller_config, adaptive=False)
-    ckpt["controller_config"] = controller.to_dict()
+    ckpt["controller_config"] = {**ckpt["controller_config"], "adaptive": False}
     torch.save(ckpt, out)
     return str(out)
 
@@ -175,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     if training.get("train_config"):
         # the run's objectives in words, from its stored config (older checkpoints stored a
         # fixed text that named THINK and halting whether the run used them or not)
-        training["objectives"] = objectives_text(stored_train_config(training["train_config"]))
+        training["objectives"] = objectives_text(stored_config(training["train_config"]))
     if (training.get("train_config") or {}).get("init_from"):
         notes = FINETUNE_NOTES
     else:

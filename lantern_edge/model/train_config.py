@@ -209,7 +209,12 @@ def _trainer_state_of(ckpt: Checkpoint, path: str | Path) -> dict[str, Any]:
 
 def resume_config(path: str | Path, **overrides: Any) -> TrainConfig:
     """The TrainConfig a checkpoint was trained with, with ``overrides`` applied."""
-    stored = _trainer_state_of(load_checkpoint(path), path)
+    return stored_config(_trainer_state_of(load_checkpoint(path), path), **overrides)
+
+
+def stored_config(stored: dict[str, Any], **overrides: Any) -> TrainConfig:
+    """The TrainConfig of a checkpoint's stored train_config dict (fields a later version
+    dropped are ignored), with ``overrides`` applied."""
     known = {f.name for f in dataclasses.fields(TrainConfig)}
     values = {k: v for k, v in stored.items() if k in known}
     values["corpus"] = tuple(values.get("corpus") or ())

@@ -86,7 +86,8 @@ class BoundPass:
                                       {"hidden_out": self.hidden[1 - p]}) for p in (0, 1)]
                                 if engine.inject is not None else None)
 
-    def begin(self, ids: np.ndarray, resume: FeedResult | None = None) -> None:
+    def start_token(self, ids: np.ndarray) -> None:
+        """Claim the token's KV slot and position and fill its id/position/bias inputs."""
         seq = self.seq
         token = int(ids[0])
         self.position_, self.is_global, self.slot = seq.kv.begin_token(
@@ -94,6 +95,10 @@ class BoundPass:
         self.ids[0], self.position[0] = token, self.position_
         self.parity = self.mc_parity = 0              # hidden[parity] holds the current state
         self.signals_ready = False
+
+    def begin(self, ids: np.ndarray, resume: FeedResult | None = None) -> None:
+        seq = self.seq
+        self.start_token(ids)
         if resume is not None:                        # continuation: its saved state
             np.copyto(self.hidden[0], resume.resume)
             if resume.embedded is not None:
@@ -214,11 +219,7 @@ class FusedPass:
 
     def begin(self, ids: np.ndarray, resume: FeedResult | None = None) -> None:
         seq, bound = self.seq, self.bound
-        token = int(ids[0])
-        bound.position_, bound.is_global, bound.slot = seq.kv.begin_token(
-            token, seq.engine.think_id, bound.bias[0])
-        bound.ids[0], bound.position[0] = token, bound.position_
-        bound.parity = bound.mc_parity = 0           # hidden[0] holds the final state
+        bound.start_token(ids)                       # hidden[0] will hold the final state
         weights = seq.signal_weights
         if weights is not None:
             np.copyto(bound.weights, weights)
