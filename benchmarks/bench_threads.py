@@ -2,12 +2,14 @@
 
     python benchmarks/bench_threads.py --rounds 3 --tokens 256
 
-Variants (every session of the runtime gets the same options):
+Variants:
 
 - t1:          1 intra-op thread, spinning off (the runtime's default);
-- t1-spin:     1 thread, spinning on (ONNX Runtime's own default);
-- t2:          2 threads per session, spinning off (`intra_op_threads=2`);
-- t2-spin:     2 threads per session, spinning on;
+- t1-spin:     1 thread, every session spinning (ONNX Runtime's own default);
+- t2:          2 threads per session (`intra_op_threads=2`), the runtime's own choice of
+               spinning: only the fused cheap-pass sessions spin;
+- t2-nospin:   2 threads per session, no session spins;
+- t2-spin:     2 threads per session, every session spinning;
 - global2:     one process-wide pool of 2 threads shared by all sessions
                (set_global_thread_pool_sizes + use_per_session_threads=False; that pool spins).
 
@@ -28,8 +30,9 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-VARIANTS = {"t1": (1, False, False), "t1-spin": (1, True, False), "t2": (2, False, False),
-            "t2-spin": (2, True, False), "global2": (2, True, True)}   # threads, spin, global
+# threads, spin (None: the runtime's choice), global pool
+VARIANTS = {"t1": (1, None, False), "t1-spin": (1, True, False), "t2": (2, None, False),
+            "t2-nospin": (2, False, False), "t2-spin": (2, True, False), "global2": (2, True, True)}
 
 
 def worker(variant: str, precision: str, tokens: int) -> dict:
@@ -44,14 +47,15 @@ def worker(variant: str, precision: str, tokens: int) -> dict:
     if shared:
         _pybind_state.set_global_thread_pool_sizes(threads, 1)
 
-    def options(_threads: int) -> ort.SessionOptions:
+    def options(_threads: int, spinning: bool = False) -> ort.SessionOptions:
         opts = ort.SessionOptions()
         opts.log_severity_level = 3
         if shared:
             opts.use_per_session_threads = False
         else:
             opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
-            opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
+            chosen = spinning if spin is None else spin
+            opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if chosen else "0")
         return opts
 
     if not hasattr(engine, "session_options"):

@@ -39,10 +39,11 @@ def lantern(job: dict):
     prompt = runtime.encode(PROMPT_TEXT).tolist()[:PROMPT_TOKENS]
 
     def run(n: int) -> float:
-        result = runtime.generate(prompt, max_new_tokens=n, eos_token_id=None, seed=0,
-                                  adaptive=job["adaptive"])
-        seconds = sum(t.microseconds for t in result.trace[1:]) / 1e6   # first token decided on
-        return (len(result.trace) - 1) / seconds
+        stamps = []
+        for _ in runtime.stream(prompt, max_new_tokens=n, eos_token_id=None, seed=0,
+                                adaptive=job["adaptive"]):
+            stamps.append(time.perf_counter())
+        return _rate(stamps)
     return run, lantern_edge.__version__
 
 

@@ -194,3 +194,17 @@ def test_int8_fused_graph_shares_all_but_the_dequantized_weights():
     assert names.count("block1.gate_up_weight_quantized") == 1
     assert sorted(n for n in names if n.endswith("down_weight_int8")) == [
         f"block{b}.{i}/block{b}.down_weight_int8" for b in (0, 1) for i in (0, 1)]
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_only_the_fused_sessions_spin_and_only_with_a_second_thread(threads):
+    """A token is one call of a fused session: with 2+ threads its pool spins between calls;
+    every other session (several may run per token) never spins, so they cannot fight."""
+    engine = Engine(open_artifacts(DEFAULT_MODEL_DIR), intra_op_threads=threads)
+    key = "session.intra_op.allow_spinning"
+
+    def spins(session) -> str:
+        return session.get_session_options().get_session_config_entry(key)
+    assert [spins(s) for _, s in engine.fused] == ["1" if threads > 1 else "0"] * 2
+    others = [*engine.blocks, engine.mc, engine.embed, engine.lm_head, engine.uncertainty]
+    assert {spins(s) for s in others} == {"0"}

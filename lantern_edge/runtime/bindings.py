@@ -228,8 +228,9 @@ class FusedPass:
         bound.signals_ready = weights is not None
         # the call has read the stored KV: store the new rows of every (block, iteration) now
         kv, slot, depth = seq.kv, bound.slot, self.depth
-        self.new_keys[:, depth:] = self.new_keys[:, depth - 1:depth]
-        self.new_values[:, depth:] = self.new_values[:, depth - 1:depth]
+        if depth < self.new_keys.shape[1]:
+            self.new_keys[:, depth:] = self.new_keys[:, depth - 1:depth]
+            self.new_values[:, depth:] = self.new_values[:, depth - 1:depth]
         kv.keys[:, :, :, slot] = self.new_keys
         kv.values[:, :, :, slot] = self.new_values
 

@@ -241,10 +241,10 @@ class Sequence:
         stop, done = [depth] * blocks, list(start)
         halts: list[float | None] = list(resume.halting) if resume else [None] * blocks
         block0 = resume.resume if resume is not None and not cycle else None
-        for b, i in cfg.schedule(depth):
+        for b, i, injects in self.engine.schedules[depth]:
             if not start[b] <= i < stop[b]:
                 continue
-            if cfg.injects(b, i):
+            if injects:
                 pass_.inject()
             halts[b] = p_halt = pass_.block(b, i)
             done[b] = i + 1

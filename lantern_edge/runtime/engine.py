@@ -49,13 +49,14 @@ def resolve_providers(providers: list[str] | None) -> list[str]:
     return list(providers)
 
 
-def session_options(threads: int) -> ort.SessionOptions:
+def session_options(threads: int, spinning: bool = False) -> ort.SessionOptions:
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     # Several sessions with spinning pools fight over 2 cores: a spinning pool burns the core
-    # the next session's call needs.
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    # the next session's call needs. Only the fused cheap pass (one session, one call per
+    # token) spins, and only with a second thread to hand work to.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
     options.log_severity_level = 3
     return options
 
@@ -81,9 +82,10 @@ class Engine:
                              f"got {intra_op_threads!r}")
         threads = intra_op_threads or 1
 
-        def session(path, graph: bytes | None = None):   # from the verified bytes, never the file
-            return create_session(artifacts, path, session_options(threads), self.providers,
-                                  precision, graph)
+        def session(path, graph: bytes | None = None, spinning: bool = False):
+            # from the verified bytes, never the file
+            return create_session(artifacts, path, session_options(threads, spinning),
+                                  self.providers, precision, graph)
 
         self.embed = session(artifacts.graph(precision, "embed"))
         # The block and MC-step graphs with a variable number of stored KV slots (protobuf.py),
@@ -115,6 +117,10 @@ class Engine:
         # models with a depth probe: uncertainty.onnx also reads the hidden state, gives p_benefit
         self.has_probe = "p_benefit" in {o.name for o in self.uncertainty.get_outputs()}
         self.think_id = cfg.think_token_id
+        # per depth, the (block, iteration, input injection before it) of a token, in run order:
+        # decode.py's loop reads this for every token
+        self.schedules = {depth: tuple((b, i, cfg.injects(b, i)) for b, i in cfg.schedule(depth))
+                          for depth in range(1, cfg.steps_reasoning + 1)}
         self.has_halt = "halt" in {o.name for o in self.blocks[0].get_outputs()}
         self.device = {"CUDAExecutionProvider": "cuda"}.get(self.providers[0])
         if kv_on_device is None:
@@ -146,4 +152,8 @@ class Engine:
                 self.unfused = str(e)
             else:
                 where = artifacts.graph(precision, "embed")     # its directory's external data
-                self.fused = tuple((f, session(where, f.model)) for f in fused)
+                # a token is one call of one of these: with 2+ threads their pool spins between
+                # the calls (no other session's pool is waiting on the cores; measured in
+                # docs/PERFORMANCE.md, "Thread settings")
+                self.fused = tuple((f, session(where, f.model, spinning=threads > 1))
+                                   for f in fused)
