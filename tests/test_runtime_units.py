@@ -142,6 +142,40 @@ def test_decode_bias_equals_the_general_rule():
     assert sorted(kv.slot_pos[visible].tolist()) == [0, 5, 9, 10, 11, 12]
 
 
+def test_decode_bias_kept_up_to_date_equals_the_general_rule_through_every_kv_edit():
+    """decode_bias answers from a row that commit_slot updates in two slots per token; after any
+    other edit (a prompt chunk, a rewind, a reset) it computes the row again. Random edits, the
+    row checked against attn_bias before every one-token step."""
+    rng = np.random.default_rng(0)
+    kv = _kv(window=5, globals_=4)
+    think = 3
+    row = np.empty(kv.slot_pos.shape[0] + 1, np.float32)
+    for step in range(3000):
+        op = rng.random()
+        if op < 0.02:
+            kv.reset()
+        elif op < 0.06 and kv.length:
+            kv.rewind()
+        elif op < 0.10:                              # a prompt chunk of 1-7 tokens
+            n = int(rng.integers(1, 8))
+            positions = np.arange(kv.length, kv.length + n)
+            new_global = positions == 0
+            try:
+                tokens, slots = kv.slots_for(positions, new_global)
+            except ValueError:
+                kv.reset()
+                continue
+            kv.commit(positions, tokens, slots, new_global)
+        else:                                        # one token, THINK now and then
+            token = think if rng.random() < 0.05 and kv.globals_free > 1 else 7
+            position, is_global, slot = kv.begin_token(token, think, row)
+            expected = kv.attn_bias(np.array([position]), np.array([is_global]))[0]
+            assert np.array_equal(row, expected), step
+            kv.commit_slot(position, slot, is_global)
+            if kv.globals_free == 0:
+                kv.reset()
+
+
 def test_ring_slots_wrap_and_globals_fill_in_arrival_order():
     kv = _kv()
     _feed(kv, 10, think_at=(3,))

@@ -31,11 +31,16 @@ class KVState:
         self.is_global_slot = np.arange(stored) >= self.window
         self.global_count = 0
         self.length = 0          # next position
+        # decode_bias of the next one-token step, kept up to date by commit_slot: from one
+        # token to the next only two slots change visibility (see commit_slot)
+        self._next_bias = np.zeros(stored + 1, np.float32)
+        self._next_position = -1         # the position _next_bias is for; -1: none
 
     def reset(self) -> None:
         self.slot_pos[:] = -1
         self.global_count = 0
         self.length = 0
+        self._next_position = -1
 
     @property
     def globals_free(self) -> int:
@@ -55,12 +60,17 @@ class KVState:
     def decode_bias(self, position: int, out: np.ndarray) -> None:
         """attn_bias for one new token at `position`, written into out [W+G+1] (no allocation
         beyond a few small temporaries); equal to attn_bias([position], ...)[0]."""
+        if position == self._next_position:
+            np.copyto(out, self._next_bias)
+            return
         stored = self.slot_pos
         delta = position - stored
         visible = (stored >= 0) & (delta > 0) & ((delta < self.window) | self.is_global_slot)
         out.fill(-np.inf)
         out[:-1][visible] = 0.0
         out[-1] = 0.0                                   # the token sees itself
+        np.copyto(self._next_bias, out)
+        self._next_position = position
 
     def begin_token(self, token: int, think_id: int | None, bias_row: np.ndarray):
         """One-token decode: (position, is_global, slot) of the next token, with its attention
@@ -84,6 +94,16 @@ class KVState:
         self.slot_pos[slot] = position
         self.global_count += bool(is_global)
         self.length = position + 1
+        if self._next_position == position:
+            # the next token's row differs from this one's in two slots: this token's own
+            # becomes visible, and the ring slot of position + 1 - W leaves the window (if
+            # that token was global it sits in a global slot and stays visible; the ring slot
+            # then holds an older position or nothing, invisible either way)
+            self._next_bias[slot] = 0.0
+            self._next_bias[(position + 1) % self.window] = -np.inf
+            self._next_position = position + 1
+        else:
+            self._next_position = -1
 
     def _full_message(self) -> str:
         return (f"the global KV buffer is full ({self.globals} slots for position 0 and THINK "
@@ -114,6 +134,7 @@ class KVState:
         self.slot_pos[slots] = positions[tokens]
         self.global_count += int(new_global.sum())
         self.length = int(positions[-1]) + 1
+        self._next_position = -1
 
     def rewind(self) -> None:
         """Forget the latest token (to run it again deeper). Its ring slot held position
@@ -126,3 +147,4 @@ class KVState:
             self.global_count -= 1
         self.slot_pos[held] = -1
         self.length = p
+        self._next_position = -1

@@ -105,12 +105,12 @@ def choose(logits: np.ndarray, do_sample: bool, temperature: float, top_k: int |
     A temperature below MIN_TEMPERATURE decodes greedily.
     """
     if not do_sample or temperature < MIN_TEMPERATURE:
-        token = int(np.argmax(logits))
+        token = int(logits.argmax())
         if token != suppress:
             return token
         masked = logits.copy()
         masked[suppress] = -np.inf
-        return int(np.argmax(masked))
+        return int(masked.argmax())
     scaled = logits / np.float32(temperature)           # a new array: safe to mask in place
     if suppress is not None:
         scaled[suppress] = -np.inf
