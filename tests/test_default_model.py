@@ -33,6 +33,7 @@ def test_shipped_int8_meets_the_quality_bounds():
     assert quality["decode_speedup"] >= 1.3
     fp32, int8 = (sum(pair) for pair in zip(*quality["sizes"].values()))
     assert int8 <= 0.30 * fp32
+    assert quality["decode_threads"] == 1
 
 
 def test_runtime_without_a_path_is_the_default_model_and_matches_model_onnx():

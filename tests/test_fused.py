@@ -182,12 +182,31 @@ def test_unspliceable_graphs_fall_back_with_a_reason():
         cheap_pass_graph(cfg, graphs, signals=False)
 
 
-def test_int8_fused_graph_shares_all_but_the_dequantized_weights():
-    """INT8: the MatMulInteger weights are shared like the fp32 ones; a weight that goes
-    through DequantizeLinear (the down projection) is named per instance, since ORT fuses each
-    DequantizeLinear into its one MatMul (as in the separate graphs) and bitwise parity needs
-    that same kernel."""
+def test_int8_fused_graph_shares_every_weight():
+    """The shipped INT8 (MatMulNBits): the iterations of a block read one copy of each weight,
+    so ONNX Runtime packs it once and the second iteration finds it in cache."""
     engine = Engine(open_artifacts(DEFAULT_MODEL_DIR, "int8"), "int8")
+    graph = onnx.load_from_string(engine.fused[0][0].model)
+    names = [t.name for t in graph.graph.initializer]
+    assert len(names) == len(set(names))
+    for weight in ("qkv_weight", "out_weight", "gate_up_weight", "down_weight"):
+        for b in (0, 1):
+            name = f"block{b}.{weight}_nbits"
+            assert names.count(name) == 1, name
+            assert sum(list(n.input[1:2]) == [name] for n in graph.graph.node) == 2, name
+    assert not [n for n in names if "/" in n and "nbits" in n]        # no weight per instance
+
+
+def test_dynamic_int8_fused_graph_shares_all_but_the_dequantized_weights(tmp_path):
+    """The dynamic INT8 mode: the MatMulInteger weights are shared like the fp32 ones; a weight
+    that goes through DequantizeLinear (the down projection) is named per instance, since ORT
+    fuses each DequantizeLinear into its one MatMul (as in the separate graphs) and bitwise
+    parity needs that same kernel."""
+    import shutil
+    from lantern_edge.quantization.api import quantize_artifacts
+    root = shutil.copytree(DEFAULT_MODEL_DIR, tmp_path / "model")
+    quantize_artifacts(root, mode="dynamic", force=True, evaluate=False)
+    engine = Engine(open_artifacts(root, "int8"), "int8")
     graph = onnx.load_from_string(engine.fused[0][0].model)
     names = [t.name for t in graph.graph.initializer]
     assert names.count("block0.qkv_weight_quantized") == 1

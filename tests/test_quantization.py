@@ -14,8 +14,16 @@ from lantern_edge.runtime.artifacts import open_artifacts
 
 @pytest.fixture(scope="module")
 def int8_artifacts(tmp_path_factory, tiny_artifacts):
+    """The default mode (nbits)."""
     root = shutil.copytree(tiny_artifacts, tmp_path_factory.mktemp("int8") / "art")
     report = quantize_artifacts(root)
+    return root, report
+
+
+@pytest.fixture(scope="module")
+def dynamic_artifacts(tmp_path_factory, tiny_artifacts):
+    root = shutil.copytree(tiny_artifacts, tmp_path_factory.mktemp("dynamic") / "art")
+    report = quantize_artifacts(root, mode="dynamic", evaluate=False)
     return root, report
 
 
@@ -35,7 +43,10 @@ def test_int8_graphs_are_recorded_with_hashes_and_the_runtime_uses_them(int8_art
     artifacts = open_artifacts(root, "int8")                  # verifies every sha256
     section = artifacts.manifest["graphs"]["int8"]
     assert section["blocks"][0]["file"] == "int8/block0.onnx"
-    assert section["quantization"]["mode"] == "dynamic"
+    cfg = artifacts.model_config
+    assert section["quantization"]["mode"] == "nbits"
+    block = section["quantization"]["block_size"]
+    assert block in (16, 32, 64, 128) and cfg.hidden_size % block == cfg.intermediate_size % block == 0
     assert section["blocks"][0]["inputs"] == artifacts.manifest["graphs"]["fp32"]["blocks"][0]["inputs"]
     fp32 = Runtime(root)
     int8 = Runtime(root, precision="int8")
@@ -140,9 +151,9 @@ def test_weight_only_int8_keeps_float_activations_and_rounds_each_column():
     assert np.abs(y_fused - x @ weight).max() <= 0.02 * np.abs(x @ weight).max()
 
 
-def test_int8_blocks_keep_rope_halting_and_down_activations_float(int8_artifacts):
+def test_dynamic_blocks_keep_rope_halting_and_down_activations_float(dynamic_artifacts):
     import onnx
-    root, _ = int8_artifacts
+    root, _ = dynamic_artifacts
     model = onnx.load(str(root / "int8" / "block0.onnx"), load_external_data=False)
     ops = [n.op_type for n in model.graph.node]
     float_matmul_weights = {n.input[1] for n in model.graph.node if n.op_type == "MatMul"}
@@ -152,12 +163,12 @@ def test_int8_blocks_keep_rope_halting_and_down_activations_float(int8_artifacts
     assert sum(op in ("MatMulInteger", "DynamicQuantizeMatMul") for op in ops) == 3  # qkv, out, gate/up
 
 
-def test_int8_embedding_table_is_stored_once_and_gathered_exactly(int8_artifacts):
+def test_dynamic_embedding_table_is_stored_once_and_gathered_exactly(dynamic_artifacts):
     import onnx
     import onnxruntime as ort
     from onnx import numpy_helper
     from lantern_edge.quantization.shared_table import SHARED_TABLE
-    root, _ = int8_artifacts
+    root, _ = dynamic_artifacts
 
     def table(graph, name=None):
         model = onnx.load(str(root / "int8" / graph), load_external_data=False)
@@ -189,9 +200,122 @@ def test_int8_embedding_table_is_stored_once_and_gathered_exactly(int8_artifacts
 
 def test_per_channel_mode_runs(tmp_path, tiny_artifacts):
     root = shutil.copytree(tiny_artifacts, tmp_path / "art")
-    report = quantize_artifacts(root, per_channel=True, evaluate=False)
+    report = quantize_artifacts(root, mode="dynamic", per_channel=True, evaluate=False)
     assert report.per_channel
     runtime = Runtime(root, precision="int8")
     result = runtime.generate("def f", max_new_tokens=8, tau_low=-1e9, tau_mid=-1e9, tau_high=1e9,
                               seed=0)
     assert len(result.token_ids) == 8 and all(t.mc_samples for t in result.trace)
+
+
+def test_nbits_blocks_are_matmulnbits_that_the_fused_pass_shares(int8_artifacts):
+    """nbits: every weight MatMul of a block (qkv, out, gate/up, down) and the LM head is an
+    8-bit MatMulNBits; RoPE's rotation and the halting heads stay float; in the fused cheap
+    pass the iterations of a block read one copy of each weight."""
+    import onnx
+    from lantern_edge.runtime.engine import Engine
+    root, _ = int8_artifacts
+    section = open_artifacts(root, "int8").manifest["graphs"]["int8"]["quantization"]
+    model = onnx.load(str(root / "int8" / "block0.onnx"), load_external_data=False)
+    nbits = [n for n in model.graph.node if n.op_type == "MatMulNBits"]
+    assert sorted(n.input[1] for n in nbits) == sorted(
+        f"block0.{w}_nbits" for w in ("qkv_weight", "out_weight", "gate_up_weight", "down_weight"))
+    for n in nbits:
+        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in n.attribute}
+        assert (attrs["bits"], attrs["block_size"], attrs["accuracy_level"]) == (
+            8, section["block_size"], 4)
+    assert {n.input[1] for n in model.graph.node if n.op_type == "MatMul"} >= {"rope_rotation"}
+    assert not [n for n in model.graph.node if n.op_type in ("MatMulInteger", "DequantizeLinear")]
+    head = onnx.load(str(root / "int8" / "lm_head.onnx"), load_external_data=False)
+    assert [n.op_type for n in head.graph.node if "MatMul" in n.op_type] == ["MatMulNBits"]
+    engine = Engine(open_artifacts(root, "int8"), "int8")
+    fused = onnx.load_from_string(engine.fused[0][0].model)
+    names = [t.name for t in fused.graph.initializer]
+    assert names.count("block0.qkv_weight_nbits") == 1 and names.count("block1.down_weight_nbits") == 1
+    uses = sum(list(n.input[1:2]) == ["block0.qkv_weight_nbits"] for n in fused.graph.node)
+    assert uses == engine.config.steps_base
+
+
+def test_matmul_nbits_rounds_each_block_of_each_column():
+    import onnx
+    import onnxruntime as ort
+    from onnx import helper, numpy_helper
+    from lantern_edge.quantization.weight_only import to_matmul_nbits
+
+    rng = np.random.default_rng(0)
+    weight = rng.normal(size=(64, 24)).astype(np.float32)
+    weight[:32, 5] *= 50.0                     # one loud block: only its own scale grows
+    weight[32:, 7] = 0.0                       # an all-zero block
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"], name="a"),
+         helper.make_node("MatMul", ["x", "w"], ["z"], name="b")], "g",
+        [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [None, 64])],
+        [helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, [None, 24]) for n in "yz"],
+        [numpy_helper.from_array(weight, "w")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    to_matmul_nbits(model, list(model.graph.node), 32)
+    stored = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    assert sorted(stored) == ["w_nbits", "w_nbits_scale"]          # both nodes read one copy
+    q, scale = stored["w_nbits"], stored["w_nbits_scale"].reshape(24, 2)
+    assert q.shape == (24, 2, 32) and q.dtype == np.uint8
+    dequantized = ((q.astype(np.float32) - 128) * scale[:, :, None]).reshape(24, 64).T
+    step = np.abs(weight.reshape(2, 32, 24)).max(1).T / 127           # [N, blocks]
+    assert (np.abs(dequantized - weight) <= np.repeat(step.T, 32, 0) / 2 + 1e-6).all()
+    assert np.array_equal(dequantized[32:, 7], np.zeros(32))
+    assert step[0, 0] < step[5, 0] / 10                       # column 0's scale is its own
+    x = rng.normal(size=(3, 64)).astype(np.float32)
+    y, z = ort.InferenceSession(model.SerializeToString()).run(None, {"x": x})
+    assert np.array_equal(y, z)
+    # activations are quantized per block at run time (accuracy level 4)
+    assert np.abs(y - x @ dequantized).max() <= 0.02 * np.abs(x @ dequantized).max()
+    with pytest.raises(ValueError, match="multiple of the block size 128"):
+        to_matmul_nbits(helper.make_model(graph), list(graph.node), 128)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--mode", "dynamic", "--block-size", "32"], "--block-size applies to --mode nbits only"),
+    (["--block-size", "48"], "--block-size must be one of"),
+    (["--block-size", "256"], "does not divide the model's weight input sizes"),
+    (["--per-channel"], "--per-channel does not apply to --mode nbits"),
+])
+def test_nbits_refuses_block_sizes_that_do_not_fit(tmp_path, tiny_artifacts, capsys, args, message):
+    root = shutil.copytree(tiny_artifacts, tmp_path / "art")
+    assert quantize_main([str(root), "--no-eval", *args]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
+    assert not (root / "int8").exists()
+
+
+def test_nbits_embedding_rows_come_from_the_lm_head_table(int8_artifacts):
+    """nbits: embed and uncertainty gather rows of the LM head's MatMulNBits table (stored once)
+    and dequantize them per block: each value within half its block's step of fp32."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import numpy_helper
+    root, _ = int8_artifacts
+    cfg = open_artifacts(root).model_config
+
+    def located(graph):
+        model = onnx.load(str(root / "int8" / graph), load_external_data=False)
+        tables = [t for t in model.graph.initializer if t.name.endswith("_nbits")
+                  and t.dims[0] == cfg.vocab_size]
+        assert len(tables) == 1, graph
+        return {e.key: e.value for e in tables[0].external_data}, list(tables[0].dims)
+    head = located("lm_head.onnx")
+    for graph in ("embed.onnx", "uncertainty.onnx"):
+        assert located(graph) == head                     # same bytes of int8/weights.bin
+    embed = onnx.load(str(root / "int8" / "embed.onnx"), load_external_data=False)
+    assert "token_embedding_quantized" not in {t.name for t in embed.graph.initializer}
+    ids = np.arange(cfg.vocab_size, dtype=np.int64)
+    zero = np.zeros(cfg.vocab_size, np.int64)             # position 0 for every row
+    feeds = {"input_ids": ids, "positions": zero}
+    out8 = ort.InferenceSession(str(root / "int8" / "embed.onnx")).run(None, feeds)[0][0]
+    out32 = ort.InferenceSession(str(root / "embed.onnx")).run(None, feeds)[0][0]
+    lm = onnx.load(str(root / "int8" / "lm_head.onnx"))
+    scales = next(numpy_helper.to_array(t) for t in lm.graph.initializer
+                  if t.name.endswith("_nbits_scale")).reshape(cfg.vocab_size, -1)
+    blocks = scales.shape[1]
+    row_step = np.repeat(scales, cfg.hidden_size // blocks, axis=1)
+    position = [numpy_helper.to_array(t) for t in embed.graph.initializer
+                if t.name == "position_embedding_scale"][0]
+    assert (np.abs(out8 - out32) <= row_step / 2 + float(position) / 2 + 1e-6).all()

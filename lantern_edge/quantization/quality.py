@@ -50,7 +50,7 @@ def _log_softmax(x: np.ndarray) -> np.ndarray:
 
 
 def evaluate_quality(root: Path, texts: list[str] | None = None, sequences: int = 24,
-                     decode_tokens: int = 128, threads: int = 2) -> dict:
+                     decode_tokens: int = 128, threads: int = 1) -> dict:
     artifacts = open_artifacts(root, "int8")
     cfg = artifacts.model_config
     runtime = Runtime(root)
@@ -97,7 +97,9 @@ def evaluate_quality(root: Path, texts: list[str] | None = None, sequences: int 
 
 
 def decode_speed(root: Path, tokens: int, threads: int, rounds: int = 3) -> dict:
-    """Decode tokens/s (fixed path, greedy), fp32 and int8 alternating in one run; best of rounds."""
+    """Decode tokens/s (fixed path, greedy), fp32 and int8 alternating in one run; best of rounds.
+    At one thread by default: the runtime's default (a second thread speeds fp32 up more than
+    INT8; docs/PERFORMANCE.md)."""
     runtimes = {p: Runtime(root, precision=p, intra_op_threads=threads,
                            providers=["CPUExecutionProvider"]) for p in ("fp32", "int8")}
     prompt = [runtimes["fp32"].config.bos_token_id or 0] * 8
@@ -118,7 +120,9 @@ def write_quality_report(report) -> None:
     write_text_atomic(out / REPORT_JSON, json.dumps({"sizes": report.sizes, **q}, indent=1) + "\n")
     total32 = sum(a for a, _ in report.sizes.values())
     total8 = sum(b for _, b in report.sizes.values())
-    lines = [f"# INT8 quality report ({report.mode}{', per-channel' if report.per_channel else ''})",
+    detail = (", per-channel" if report.per_channel else
+              f", MatMulNBits, block size {report.block_size}" if report.block_size else "")
+    lines = [f"# INT8 quality report ({report.mode}{detail})",
              "", "| graph | fp32 bytes | int8 bytes | ratio |", "|---|---:|---:|---:|"]
     lines += [f"| {n} | {a} | {b} | {b / a:.2f} |" for n, (a, b) in report.sizes.items()]
     lines += [f"| total | {total32} | {total8} | {total8 / total32:.2f} |", "",

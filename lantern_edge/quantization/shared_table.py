@@ -13,6 +13,7 @@ Here all three graphs read one int8 [V, C] table (the LM head's values, rows by 
 
 from __future__ import annotations
 
+import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
@@ -58,4 +59,64 @@ def share_token_table(model: onnx.ModelProto, table: str, shared: list[onnx.Tens
             model.graph.initializer.remove(tensor)
         present = {t.name for t in model.graph.initializer}
         model.graph.initializer.extend(t for t in shared if t.name not in present)
+    return len(gathers)
+
+
+def lm_head_nbits_table(lm_head: onnx.ModelProto, vocab_size: int) -> list[onnx.TensorProto]:
+    """nbits mode: the LM head's MatMulNBits table of the tied embedding, uint8 [V, C / block,
+    block] (rows by token: each token's embedding row in blocks, zero point 128) and its scales
+    [V * C / block]. Returns both, for share_nbits_table."""
+    initializers = {t.name: t for t in lm_head.graph.initializer}
+    for node in lm_head.graph.node:
+        if node.op_type == "MatMulNBits":
+            table, scales = initializers[node.input[1]], initializers[node.input[2]]
+            if table.dims[0] == vocab_size:
+                return [table, scales]
+    raise ValueError("the nbits LM head has no MatMulNBits [V, ...] table to share")
+
+
+def share_nbits_table(model: onnx.ModelProto, table: str, shared: list[onnx.TensorProto]) -> int:
+    """Rewrite every Gather of ``table`` + its DequantizeLinear (as quantize_dynamic left them)
+    to gather rows of the LM head's MatMulNBits table instead: the rows' blocks and their
+    scales, (q - 128) * scale, reshaped to [..., C]. Returns how many were rewritten."""
+    from onnx import shape_inference
+
+    rows, scales = shared
+    vocab, blocks, block = (int(d) for d in rows.dims)
+    ranks = {v.name: len(v.type.tensor_type.shape.dim)
+             for v in list(shape_inference.infer_shapes(model).graph.value_info)
+             + list(model.graph.input)}
+    gathers = [n for n in model.graph.node
+               if n.op_type == "Gather" and n.input[0] == table + QUANTIZED]
+    by_input = {n.input[0]: n for n in model.graph.node if n.op_type == "DequantizeLinear"}
+    nodes = list(model.graph.node)
+    scale_table = f"{scales.name}_by_token"
+    for node in gathers:
+        dequantize = by_input[node.output[0]]
+        ids, out, tag = node.input[1], dequantize.output[0], node.name or node.output[0]
+        rank = ranks[ids]
+        new = [
+            helper.make_node("Gather", [rows.name, ids], [f"{tag}/blocks"], name=f"{tag}/blocks"),
+            helper.make_node("Gather", [scale_table, ids], [f"{tag}/scales"], name=f"{tag}/scales"),
+            helper.make_node("Cast", [f"{tag}/blocks"], [f"{tag}/float"], to=onnx.TensorProto.FLOAT),
+            helper.make_node("Sub", [f"{tag}/float", "nbits_zero_point"], [f"{tag}/centred"]),
+            helper.make_node("Mul", [f"{tag}/centred", f"{tag}/scales"], [f"{tag}/values"]),
+            helper.make_node("Reshape", [f"{tag}/values", f"{tag}/shape"], [out]),
+        ]
+        model.graph.initializer.append(numpy_helper.from_array(
+            np.array([0] * rank + [blocks * block], np.int64), f"{tag}/shape"))
+        at = nodes.index(node)
+        nodes[at:at + 1] = new
+        nodes.remove(dequantize)
+    if gathers:
+        own = {table + QUANTIZED, table + SCALE, table + ZERO_POINT}
+        for tensor in [t for t in model.graph.initializer if t.name in own]:
+            model.graph.initializer.remove(tensor)
+        model.graph.initializer.extend([
+            rows,
+            numpy_helper.from_array(numpy_helper.to_array(scales).reshape(vocab, blocks, 1),
+                                    scale_table),
+            numpy_helper.from_array(np.array(128, np.float32), "nbits_zero_point")])
+        del model.graph.node[:]
+        model.graph.node.extend(nodes)
     return len(gathers)
