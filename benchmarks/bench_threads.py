@@ -1,6 +1,7 @@
 """Which ONNX Runtime thread settings pay for the shipped model: decode tok/s per variant.
 
     python benchmarks/bench_threads.py --rounds 3 --tokens 256
+    python benchmarks/bench_threads.py --rounds 8 --tokens 512 --variants t1 t2 t2-nospin
 
 Variants:
 
@@ -71,6 +72,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--tokens", type=int, default=256)
+    parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS),
+                        help="the variants to run (default: all)")
     parser.add_argument("--worker", nargs=2, metavar=("VARIANT", "PRECISION"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
@@ -81,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[tuple[str, str], list[float]] = {}
     before = os.getloadavg()
     for _ in range(args.rounds):
-        for variant in VARIANTS:
+        for variant in args.variants:
             for precision in ("fp32", "int8"):
                 done = subprocess.run([sys.executable, __file__, "--tokens", str(args.tokens),
                                        "--worker", variant, precision],
@@ -95,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"Fixed-path decode tok/s, best / median of {args.rounds} rounds, {args.tokens} tokens; "
           f"load average {before[0]:.1f} before, {after[0]:.1f} after.\n")
     print("| variant | fp32 | int8 |\n|---|---|---|")
-    for variant in VARIANTS:
+    for variant in args.variants:
         cells = []
         for precision in ("fp32", "int8"):
             v = results.get((variant, precision), [])

@@ -153,7 +153,8 @@ class Engine:
             else:
                 where = artifacts.graph(precision, "embed")     # its directory's external data
                 # a token is one call of one of these: with 2+ threads their pool spins between
-                # the calls (no other session's pool is waiting on the cores; measured in
-                # docs/PERFORMANCE.md, "Thread settings")
+                # the calls (no other session's pool is waiting on the cores): +4% fp32, +8%
+                # INT8 in median tok/s over three interleaved runs, noisy (docs/PERFORMANCE.md,
+                # "Thread settings")
                 self.fused = tuple((f, session(where, f.model, spinning=threads > 1))
                                    for f in fused)
