@@ -319,3 +319,14 @@ def test_nbits_embedding_rows_come_from_the_lm_head_table(int8_artifacts):
     position = [numpy_helper.to_array(t) for t in embed.graph.initializer
                 if t.name == "position_embedding_scale"][0]
     assert (np.abs(out8 - out32) <= row_step / 2 + float(position) / 2 + 1e-6).all()
+
+
+def test_nbits_block_size_is_the_largest_that_divides_the_model():
+    from types import SimpleNamespace
+    from lantern_edge.quantization.api import _block_size
+    shape = lambda hidden, inner: SimpleNamespace(hidden_size=hidden, intermediate_size=inner)  # noqa: E731
+    assert _block_size(shape(256, 768), None) == 128          # the default model
+    assert _block_size(shape(96, 192), None) == 32
+    assert _block_size(shape(256, 768), 256) == 256           # asked, and it divides both
+    with pytest.raises(QuantizationError, match="--mode dynamic"):
+        _block_size(shape(24, 40), None)

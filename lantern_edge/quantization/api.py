@@ -26,7 +26,7 @@ import onnx
 
 from ..errors import ArtifactError, LanternError
 from ..runtime.artifacts import open_artifacts
-from .weight_only import NBITS_ACCURACY_LEVEL
+from .weight_only import NBITS_ACCURACY_LEVEL, NBITS_BLOCK_SIZES
 
 logger = logging.getLogger(__name__)
 
@@ -60,8 +60,6 @@ def quantize_artifacts(path: str | Path, *, mode: str = MODES[0], per_channel: b
     from ..export.model_card import write_model_card
     from ..export.onnx_export import write_graphs
     from .quality import evaluate_quality, write_quality_report
-
-    from .weight_only import NBITS_BLOCK_SIZES
 
     if mode not in MODES:
         raise QuantizationError(f"--mode must be one of {MODES}, got {mode!r}")
@@ -168,7 +166,8 @@ def _block_size(cfg, asked: int | None) -> int:
         if not any(k % size for k in inputs):
             return size
     raise QuantizationError(f"--mode nbits needs weight input sizes that are multiples of 16, "
-                            f"the model's are {sorted(inputs)}; use --mode dynamic")
+                            f"the model's are {sorted(inputs)}; quantize it with "
+                            f"`lantern-edge quantize ARTIFACTS --mode dynamic`")
 
 
 def _int8_intact(root: Path) -> bool:
