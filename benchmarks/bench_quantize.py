@@ -20,13 +20,13 @@ import shutil
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from lantern_edge import Runtime  # noqa: E402
+from lantern_edge.benchmark.decode import stream_tok_s  # noqa: E402
 from lantern_edge.quantization.api import quantize_artifacts  # noqa: E402
 from lantern_edge.runtime.generate import DEFAULT_MODEL_DIR  # noqa: E402
 
@@ -34,10 +34,7 @@ PROMPT = "def read_config(path):\n    with open(path) as f:\n"
 
 
 def decode_rate(runtime: Runtime, prompt: list[int], tokens: int) -> float:
-    stamps = []
-    for _ in runtime.stream(prompt, max_new_tokens=tokens, ignore_eos=True, adaptive=False):
-        stamps.append(time.perf_counter())
-    return (len(stamps) - 1) / (stamps[-1] - stamps[0])
+    return stream_tok_s(runtime, prompt, tokens, ignore_eos=True, adaptive=False)
 
 
 def main(argv: list[str] | None = None) -> int:

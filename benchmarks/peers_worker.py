@@ -33,17 +33,15 @@ def _prompt(ids: list[int], bos: int | None) -> list[int]:
 
 def lantern(job: dict):
     import lantern_edge
+    from lantern_edge.benchmark.decode import stream_tok_s
 
     runtime = lantern_edge.Runtime(precision=job["precision"], intra_op_threads=job["threads"],
                                    providers=["CPUExecutionProvider"])
     prompt = runtime.encode(PROMPT_TEXT).tolist()[:PROMPT_TOKENS]
 
     def run(n: int) -> float:
-        stamps = []
-        for _ in runtime.stream(prompt, max_new_tokens=n, eos_token_id=None, seed=0,
-                                adaptive=job["adaptive"]):
-            stamps.append(time.perf_counter())
-        return _rate(stamps)
+        return stream_tok_s(runtime, prompt, n, eos_token_id=None, seed=0,
+                            adaptive=job["adaptive"])
     return run, lantern_edge.__version__
 
 

@@ -202,3 +202,19 @@ def test_bench_bad_input_exits_2(tiny_artifacts, args, message, tmp_path, capsys
     argv = ["bench", "--model", str(tiny_artifacts), "-o", str(tmp_path)] + args
     assert lantern_main(argv) == 2
     assert message in capsys.readouterr().err
+
+
+def test_stream_tok_s_times_decode_steps_only(tiny_artifacts):
+    """The peers' timing: N - 1 full steps between the first and the last token decided, so
+    the rate is above what the whole stream (prefill included) would give."""
+    import time
+    from lantern_edge import Runtime
+    from lantern_edge.benchmark.decode import stream_tok_s
+    runtime = Runtime(tiny_artifacts, providers=["CPUExecutionProvider"])
+    prompt = runtime.encode("def main():\n" * 20).tolist()
+    start = time.perf_counter()
+    rate = stream_tok_s(runtime, prompt, 12, ignore_eos=True, adaptive=False)
+    whole = 12 / (time.perf_counter() - start)
+    assert rate > whole
+    with pytest.raises(ValueError, match="at least 2 new tokens"):
+        stream_tok_s(runtime, prompt, 1)

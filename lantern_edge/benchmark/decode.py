@@ -9,6 +9,7 @@ max_position ends it, which the result's stop_reason says).
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Sequence
 
 from .bands import FORCED
@@ -115,3 +116,15 @@ def measure_ttft(runtime, prompts: dict[int, Sequence[int]], repeats: int,
         fastest = min(runs, key=lambda r: r.seconds)
         out[length] = dict(ttft_ms=fastest.seconds * 1e3, prefill_ms=fastest.prefill_seconds * 1e3)
     return out
+
+
+def stream_tok_s(runtime, prompt: Sequence[int], tokens: int, **options) -> float:
+    """Decode tok/s of one streamed generation, timed as the peers are timed
+    (benchmarks/peers_worker.py): (N - 1) / (time the last token was decided - time the first
+    was), so the prefill is left out and every interval is one full step. Options: overrides."""
+    if tokens < 2:
+        raise ValueError(f"a decode rate needs at least 2 new tokens (one full step), got {tokens}")
+    stamps = []
+    for _ in runtime.stream(list(prompt), max_new_tokens=tokens, **options):
+        stamps.append(time.perf_counter())
+    return (len(stamps) - 1) / (stamps[-1] - stamps[0])

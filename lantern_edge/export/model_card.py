@@ -130,6 +130,7 @@ def _int8(section: dict[str, Any], q: dict[str, Any]) -> list[str]:
             ("decode tokens/s fp32 / int8", f"{q['decode_tokens_per_s_fp32']:.0f} / "
                                             f"{q['decode_tokens_per_s_int8']:.0f} "
                                             f"({q['decode_speedup']:.2f}x, "
-                                            f"{q['decode_threads']} threads)")]
+                                            f"{q['decode_threads']} thread"
+                                            f"{'s' if q['decode_threads'] != 1 else ''})")]
     return [f"## INT8 ({mode}; full report in int8/QUALITY.md)", "", "| measure | value |",
             "|---|---:|"] + [f"| {k} | {v} |" for k, v in rows] + [""]

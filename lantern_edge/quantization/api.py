@@ -107,8 +107,8 @@ def quantize_artifacts(path: str | Path, *, mode: str = MODES[0], per_channel: b
                                                       feeds.get(name) if feeds else None,
                                                       block_size)))
         if mode == "dynamic" and not per_channel or mode == "nbits":
-            # per-channel scales run along V, the gathered rows' axis: those Gathers keep
-            # their own per-tensor table
+            # not with --per-channel: its scales run along V, the gathered rows' axis, so those
+            # Gathers keep their own per-tensor table; static QDQ quantizes no Gathers
             _share_token_table(built, artifacts.model_config.vocab_size, nbits=mode == "nbits")
         files = write_graphs(built, tmp)
         for f in files:
@@ -183,12 +183,8 @@ KEPT_FLOAT = ["model.onnx (the standalone entry point)", "LayerNorm", "Softmax",
               "attention MatMuls (activation x activation)", "RoPE (computed, and its rotation)",
               "halting heads", "down projection activations (INT8 weights, float input)",
               "uncertainty head arithmetic (softmax, entropy, top-k)"]
-KEPT_FLOAT_NBITS = ["model.onnx (the standalone entry point)", "LayerNorm", "Softmax",
-                    "attention MatMuls (activation x activation)",
-                    "RoPE (computed, and its rotation)", "halting heads",
-                    "uncertainty head arithmetic (softmax, entropy, top-k)",
-                    "weights whose input size is not a multiple of the block size (a depth "
-                    "probe's first layer)"]
+KEPT_FLOAT_NBITS = [kept for kept in KEPT_FLOAT if not kept.startswith("down projection")] + [
+    "weights whose input size is not a multiple of the block size (a depth probe's first layer)"]
 
 
 def _share_token_table(built: list, vocab_size: int, nbits: bool = False) -> None:
@@ -246,7 +242,6 @@ def _quantize_graph(src: Path, per_channel: bool, feeds, block_size: int | None 
         # Folds Transpose(weight) patterns, so the quantizer sees every MatMul with a constant
         # weight (without it, MatMuls reading a transposed weight stayed float).
         quant_pre_process(str(full), str(pre), skip_symbolic_shape=True)
-        excluded = [n.name for n in matmuls_reading(onnx.load(str(pre)), FLOAT + WEIGHT_ONLY)]
         if block_size is not None:
             # the embedding tables' Gathers as in dynamic mode (int8 rows), every weight MatMul
             # but RoPE's and the halting heads' as MatMulNBits
@@ -259,6 +254,7 @@ def _quantize_graph(src: Path, per_channel: bool, feeds, block_size: int | None 
                        and len(shapes[n.input[1]]) == 2 and shapes[n.input[1]][0] % block_size == 0]
             to_matmul_nbits(quantized, weights, block_size)
             return quantized
+        excluded = [n.name for n in matmuls_reading(onnx.load(str(pre)), FLOAT + WEIGHT_ONLY)]
         if feeds is None:
             quantize_dynamic(str(pre), str(out), weight_type=QuantType.QInt8,
                              per_channel=per_channel, nodes_to_exclude=excluded,

@@ -118,7 +118,7 @@ class Engine:
         self.has_probe = "p_benefit" in {o.name for o in self.uncertainty.get_outputs()}
         self.think_id = cfg.think_token_id
         # per depth, the (block, iteration, input injection before it) of a token, in run order:
-        # decode.py's loop reads this for every token
+        # the decode loops (decode.py, pool.py) read this for every token
         self.schedules = {depth: tuple((b, i, cfg.injects(b, i)) for b, i in cfg.schedule(depth))
                           for depth in range(1, cfg.steps_reasoning + 1)}
         self.has_halt = "halt" in {o.name for o in self.blocks[0].get_outputs()}

@@ -59,7 +59,8 @@ class KVState:
 
     def decode_bias(self, position: int, out: np.ndarray) -> None:
         """attn_bias for one new token at `position`, written into out [W+G+1] (no allocation
-        beyond a few small temporaries); equal to attn_bias([position], ...)[0]."""
+        beyond a few small temporaries); equal to attn_bias([position], ...)[0]. A copy of the
+        row commit_slot kept up to date when it is for this position; computed otherwise."""
         if position == self._next_position:
             np.copyto(out, self._next_bias)
             return

@@ -144,13 +144,13 @@ class Pool:
         limits = np.array([np.inf if h is None else h for h in halting])
         shards = [(s, js, self._bias([rows[j] for j in js], local[js].tolist()))
                   for s, js in self._shards(seqs).items()]
-        for b, i in cfg.schedule(depth):
+        for b, i, injects in engine.schedules[depth]:
             for shard, js, bias in shards:
                 runs = (start[b, js] <= i) & (i < stop[b, js])       # positions within js
                 if not runs.any():
                     continue
                 act = js[runs]
-                if cfg.injects(b, i):
+                if injects:
                     hidden[:, act] = self._run([seqs[j] for j in act], "inject", engine.inject,
                                                {"hidden": hidden[:, act],
                                                 "embedded": embedded[:, act]})[0]

@@ -60,9 +60,6 @@ class _TextOut:
         piece = self.detok.step(self.tokenizer, token) or ""
         if self.healing is not None:         # the prompt already has the regenerated text
             piece = self.healing.accept(token, piece)
-        if not self.stop:                    # nothing to hold back (the common case)
-            self.text += piece
-            return piece
         self.pending += piece
         found = [i for i in (self.pending.find(s) for s in self.stop) if i >= 0]
         if found:
