@@ -18,6 +18,7 @@ import numpy as np
 import onnxruntime as ort
 
 from .engine import SIGNALS
+from .fusion import LOGSUMEXP
 
 if TYPE_CHECKING:                      # decode.py imports this module
     from .decode import FeedResult, Sequence
@@ -52,6 +53,7 @@ class BoundPass:
         self.value = np.zeros((1, heads, 1, head_dim), np.float32)
         self.halt = np.zeros((1, 1), np.float32) if engine.has_halt else None
         self.logits = np.zeros((1, 1, cfg.vocab_size), np.float32)
+        self.logsumexp = np.zeros((1, 1), np.float32) if engine.has_logsumexp else None
         self.weights = np.zeros(3, np.float32)
         outputs = SIGNALS + (("p_benefit",) if engine.has_probe else ())
         self.signal_buffers = {name: np.zeros(1, np.float32) for name in outputs}
@@ -72,7 +74,8 @@ class BoundPass:
                          for p in (0, 1)]
                         for i in range(cfg.steps_reasoning)]
                        for b, session in enumerate(engine.blocks)]
-        self.lm_head = [bind(engine.lm_head, {"hidden": self.hidden[p]}, {"logits": self.logits})
+        self.lm_head = [bind(engine.lm_head, {"hidden": self.hidden[p]},
+                             {"logits": self.logits, LOGSUMEXP: self.logsumexp})
                         for p in (0, 1)]
         # uncertainty[p]: the probe (if any) reads the final hidden state in hidden[p]
         self.uncertainty = [bind(engine.uncertainty,
@@ -138,13 +141,16 @@ class BoundPass:
             kv.keys[b, done:, :, self.slot] = self.key[0, :, 0]
             kv.values[b, done:, :, self.slot] = self.value[0, :, 0]
 
-    def finish(self) -> tuple[np.ndarray, int, bool, np.ndarray]:
+    def finish(self) -> tuple[np.ndarray, int, bool, np.ndarray, float | None]:
         seq = self.seq
         seq.kv.commit_slot(self.position_, self.slot, self.is_global)
         seq.run_bound("lm_head", seq.engine.lm_head, self.lm_head[self.parity])
         # the input of the last block's last iteration was not overwritten since: copy it out
         return (self.logits[0], self.position_, self.is_global,
-                self.hidden[self.mc_parity].copy())
+                self.hidden[self.mc_parity].copy(), self.read_logsumexp())
+
+    def read_logsumexp(self) -> float | None:
+        return None if self.logsumexp is None else float(self.logsumexp[0, 0])
 
     def holds(self, logits: np.ndarray) -> bool:
         """Whether logits [1, V] is the bound logits buffer (the latest decode's)."""
@@ -191,7 +197,9 @@ class FusedPass:
         self.depth = depth
         self.resume = np.zeros((1, 1, hidden), np.float32)
         self.mc_input = np.zeros((1, 1, hidden), np.float32)
-        buffers = {"logits": bound.logits, "final": bound.hidden[0], "resume": self.resume,
+        self.logsumexp = np.zeros((1, 1), np.float32)
+        buffers = {"logits": bound.logits, LOGSUMEXP: self.logsumexp,
+                   "final": bound.hidden[0], "resume": self.resume,
                    "mc_input": self.mc_input, "embedded": bound.embedded,
                    **bound.signal_buffers}
         inputs = {"input_ids": bound.ids, "positions": bound.position, "attn_bias": bound.bias}
@@ -253,8 +261,8 @@ class FusedPass:
     def end_block(self, b: int, done: int) -> None:
         """begin() stored the carried KV of the deeper iterations."""
 
-    def finish(self) -> tuple[np.ndarray, int, bool, np.ndarray]:
+    def finish(self) -> tuple[np.ndarray, int, bool, np.ndarray, float | None]:
         bound = self.bound
         self.seq.kv.commit_slot(bound.position_, bound.slot, bound.is_global)
         return (bound.logits[0], bound.position_, bound.is_global,
-                self.state_buffer["mc_input"].copy())
+                self.state_buffer["mc_input"].copy(), float(self.logsumexp[0, 0]))

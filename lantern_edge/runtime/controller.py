@@ -100,6 +100,7 @@ class Controller:
     def decide(self, runner, gens: list) -> list[TraceEntry]:
         entries = [TraceEntry(0, iterations=list(g.step.iterations)) for g in gens]
         logits = [g.step.logits[-1] for g in gens]
+        logsumexp = [g.step.logsumexp for g in gens]          # of the rows in logits
         chosen_from: dict[int, np.ndarray] = {}          # k -> MC mean distribution
         groups: dict[tuple, list[int]] = {}
         for k, g in enumerate(gens):
@@ -137,9 +138,9 @@ class Controller:
                     e.band = "very_high"         # escalated by epistemic uncertainty
         deep = [k for k, e in enumerate(entries) if e.band == "very_high"]
         if deep:
-            for k, out in zip(deep, self._go_deep(runner, [gens[k] for k in deep],
-                                                  [entries[k] for k in deep])):
-                logits[k] = out
+            for k, step in zip(deep, self._go_deep(runner, [gens[k] for k in deep],
+                                                   [entries[k] for k in deep])):
+                logits[k], logsumexp[k] = step.logits[-1], step.logsumexp
         for k, (g, e) in enumerate(zip(gens, entries)):
             o = g.options
             scale = o.refined_temperature if e.band == "moderate" else 1.0
@@ -156,14 +157,15 @@ class Controller:
                 if o.logprobs is not None:
                     e.top_logprobs = [(i, "", lp) for i, lp in top_logprobs(probs, o.logprobs)]
             else:
-                e.probability = probability(logits[k], e.token_id)
+                e.probability = probability(logits[k], e.token_id, logsumexp[k])
             e.logprob = math.log(max(e.probability, 1e-45))
             _logged(e, g.step.position)
         return entries
 
-    def _go_deep(self, runner, gens: list, entries: list[TraceEntry]) -> list[np.ndarray]:
+    def _go_deep(self, runner, gens: list, entries: list[TraceEntry]) -> list:
         """Very high band: a THINK token at steps_reasoning, or the newest token continued to
-        steps_reasoning (Sequence.deepen), for each generation; the logits to choose from."""
+        steps_reasoning (Sequence.deepen), for each generation; the FeedResults to choose
+        from."""
         think = self.config.think_token_id
         for g, e in zip(gens, entries):
             kv = g.seq.kv
@@ -189,7 +191,7 @@ class Controller:
                          else runner.deepen(group, depth))
                 for k, step in zip(ks, steps):
                     entries[k].deep_iterations = list(step.ran)
-                    out[k] = step.logits[-1]
+                    out[k] = step
         return out
 
 

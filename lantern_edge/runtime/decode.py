@@ -45,6 +45,9 @@ class FeedResult:
     resume: np.ndarray | None = None
     embedded: np.ndarray | None = None
     hidden: np.ndarray | None = None   # [1, C] final hidden (before the norm): the probe's input
+    # log sum exp of the last token's logits (the LM head computes it; fusion.lm_head_graph):
+    # its chosen token's probability is exp(logit - this); None where the head has no such output
+    logsumexp: float | None = None
 
 
 @dataclass
@@ -113,11 +116,12 @@ class HostPass:
         for i in range(done, self.seq.kv.keys.shape[1]):          # carried-KV policy
             self.seq.kv.write(b, i, self.key, self.value, self.tokens, self.slots)
 
-    def finish(self) -> tuple[np.ndarray, int, bool, np.ndarray]:
+    def finish(self) -> tuple[np.ndarray, int, bool, np.ndarray, float | None]:
         seq = self.seq
         seq.kv.commit(self.positions, self.tokens, self.slots, self.new_global)
-        logits = seq.run("lm_head", seq.engine.lm_head, {"hidden": self.hidden})[0][0]
-        return logits, int(self.positions[-1]), bool(self.new_global[-1]), self.mc_input
+        out = seq.run("lm_head", seq.engine.lm_head, {"hidden": self.hidden})
+        return (out[0][0], int(self.positions[-1]), bool(self.new_global[-1]), self.mc_input,
+                float(out[1][0, -1]) if len(out) > 1 else None)
 
     def final_hidden(self) -> np.ndarray:
         return self.hidden[0, -1:]
@@ -260,13 +264,13 @@ class Sequence:
                 pass_.end_block(b, i + 1)
             if b == 0 and i + 1 == stop[0] and not cycle:
                 block0 = pass_.state()
-        logits, position, is_global, mc_input = pass_.finish()
+        logits, position, is_global, mc_input, logsumexp = pass_.finish()
         embedded = (resume.embedded if resume is not None
                     else pass_.last_embedded() if cfg.input_injection else None)
         return FeedResult(logits, done, halts, position, is_global, mc_input, int(ids[-1]),
                           [d - s for d, s in zip(done, start)],
                           pass_.state() if cycle else block0, embedded,
-                          pass_.final_hidden() if self.engine.has_probe else None)
+                          pass_.final_hidden() if self.engine.has_probe else None, logsumexp)
 
     def mc_logits(self, step: FeedResult, masks: dict[str, np.ndarray]) -> np.ndarray:
         """[S, V] logits of the newest token's last-block last iteration re-run with masks."""

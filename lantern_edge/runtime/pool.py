@@ -188,7 +188,9 @@ class Pool:
                     block0[:, act[ends]] = hidden[:, act[ends]]
         for seq, (position, is_global, slot) in zip(seqs, begun):
             seq.kv.commit_slot(position, slot, is_global)
-        logits = self._run(seqs, "lm_head", engine.lm_head, {"hidden": hidden})[0][0]
+        out = self._run(seqs, "lm_head", engine.lm_head, {"hidden": hidden})
+        logits = out[0][0]
+        logsumexp = out[1][0].tolist() if len(out) > 1 else [None] * n
         state = hidden if cycle else block0
         return [FeedResult(logits[j:j + 1], done[:, j].tolist(),
                            [halts[b][j] for b in range(cfg.num_blocks)], begun[j][0],
@@ -196,7 +198,8 @@ class Pool:
                            (done[:, j] - start[:, j]).tolist(), state[:, j:j + 1].copy(),
                            resume[j].embedded if resume is not None
                            else embedded[:, j:j + 1].copy() if embedded is not None else None,
-                           hidden[0, j:j + 1].copy() if engine.has_probe else None)
+                           hidden[0, j:j + 1].copy() if engine.has_probe else None,
+                           logsumexp[j])
                 for j in range(n)]
 
     def deepen(self, gens: list, depth: int) -> list[FeedResult]:
