@@ -18,10 +18,12 @@ import numpy as np
 import onnxruntime as ort
 
 from .engine import SIGNALS
-from .fusion import LOGSUMEXP
+from .fusion import PROBABILITIES
 
-if TYPE_CHECKING:                      # decode.py imports this module
-    from .decode import FeedResult, Sequence
+from .decode import FeedResult     # decode.py imports this module only when a Sequence is made
+
+if TYPE_CHECKING:
+    from .decode import Sequence
 
 
 def bind(session: ort.InferenceSession, inputs: dict[str, np.ndarray],
@@ -53,7 +55,8 @@ class BoundPass:
         self.value = np.zeros((1, heads, 1, head_dim), np.float32)
         self.halt = np.zeros((1, 1), np.float32) if engine.has_halt else None
         self.logits = np.zeros((1, 1, cfg.vocab_size), np.float32)
-        self.logsumexp = np.zeros((1, 1), np.float32) if engine.has_logsumexp else None
+        self.probabilities = (np.zeros((1, 1, cfg.vocab_size), np.float32)
+                              if engine.has_probabilities else None)
         self.weights = np.zeros(3, np.float32)
         outputs = SIGNALS + (("p_benefit",) if engine.has_probe else ())
         self.signal_buffers = {name: np.zeros(1, np.float32) for name in outputs}
@@ -75,7 +78,7 @@ class BoundPass:
                         for i in range(cfg.steps_reasoning)]
                        for b, session in enumerate(engine.blocks)]
         self.lm_head = [bind(engine.lm_head, {"hidden": self.hidden[p]},
-                             {"logits": self.logits, LOGSUMEXP: self.logsumexp})
+                             {"logits": self.logits, PROBABILITIES: self.probabilities})
                         for p in (0, 1)]
         # uncertainty[p]: the probe (if any) reads the final hidden state in hidden[p]
         self.uncertainty = [bind(engine.uncertainty,
@@ -89,10 +92,9 @@ class BoundPass:
                                       {"hidden_out": self.hidden[1 - p]}) for p in (0, 1)]
                                 if engine.inject is not None else None)
 
-    def start_token(self, ids: np.ndarray) -> None:
+    def start_token(self, token: int) -> None:
         """Claim the token's KV slot and position and fill its id/position/bias inputs."""
         seq = self.seq
-        token = int(ids[0])
         self.position_, self.is_global, self.slot = seq.kv.begin_token(
             token, seq.engine.think_id, self.bias[0])
         self.ids[0], self.position[0] = token, self.position_
@@ -101,7 +103,7 @@ class BoundPass:
 
     def begin(self, ids: np.ndarray, resume: FeedResult | None = None) -> None:
         seq = self.seq
-        self.start_token(ids)
+        self.start_token(int(ids[0]))
         if resume is not None:                        # continuation: its saved state
             np.copyto(self.hidden[0], resume.resume)
             if resume.embedded is not None:
@@ -141,16 +143,14 @@ class BoundPass:
             kv.keys[b, done:, :, self.slot] = self.key[0, :, 0]
             kv.values[b, done:, :, self.slot] = self.value[0, :, 0]
 
-    def finish(self) -> tuple[np.ndarray, int, bool, np.ndarray, float | None]:
+    def finish(self) -> tuple[np.ndarray, int, bool, np.ndarray, np.ndarray | None]:
         seq = self.seq
         seq.kv.commit_slot(self.position_, self.slot, self.is_global)
         seq.run_bound("lm_head", seq.engine.lm_head, self.lm_head[self.parity])
         # the input of the last block's last iteration was not overwritten since: copy it out
         return (self.logits[0], self.position_, self.is_global,
-                self.hidden[self.mc_parity].copy(), self.read_logsumexp())
-
-    def read_logsumexp(self) -> float | None:
-        return None if self.logsumexp is None else float(self.logsumexp[0, 0])
+                self.hidden[self.mc_parity].copy(),
+                None if self.probabilities is None else self.probabilities[0, 0])
 
     def holds(self, logits: np.ndarray) -> bool:
         """Whether logits [1, V] is the bound logits buffer (the latest decode's)."""
@@ -170,16 +170,17 @@ class BoundPass:
 
 class FusedPass:
     """One token's cheap pass (embed, every (block, iteration) of steps_base, lm_head and, on
-    the adaptive path, the uncertainty head) in one call of the fused graph (fusion.py); a
-    pass of decode.py, used by Sequence.feed only where it computes what the separate calls
-    compute (depth steps_base, no halting threshold, no continuation).
+    the adaptive path, the uncertainty head) in one call of the fused graph (fusion.py). Used by
+    Sequence.feed only where it computes what the separate calls compute (depth steps_base, no
+    halting threshold, a new token, not a continuation), so it needs none of Sequence._loop's
+    per-(block, iteration) decisions: `feed` is the whole token.
 
     It shares the BoundPass's buffers: token id, position, bias row, logits, weights and
     signals, and hidden[0] as the final state, so that everything that reads a one-token
     decode's results (signals of the bound logits, the depth probe's input, continuation) reads
     them the same way whichever pass ran. The stored KV of every (block, iteration) is bound in
     place; the new rows come back in one small buffer per kind and are stored into their slot
-    right after the call (the loop's block() calls then only report p_halt).
+    right after the call.
     """
 
     def __init__(self, seq: Sequence, bound: BoundPass):
@@ -194,11 +195,13 @@ class FusedPass:
         self.new_keys = np.zeros(kv.keys.shape[:3] + kv.keys.shape[4:], np.float32)
         self.new_values = np.zeros_like(self.new_keys)
         self.halts = np.zeros((cfg.num_blocks, depth), np.float32) if engine.has_halt else None
-        self.depth = depth
+        self.depth, self.blocks = depth, cfg.num_blocks
+        self.carries = depth < cfg.steps_reasoning
+        self.injects, self.probe = cfg.input_injection, engine.has_probe
         self.resume = np.zeros((1, 1, hidden), np.float32)
         self.mc_input = np.zeros((1, 1, hidden), np.float32)
-        self.logsumexp = np.zeros((1, 1), np.float32)
-        buffers = {"logits": bound.logits, LOGSUMEXP: self.logsumexp,
+        self.probabilities = np.zeros((1, 1, cfg.vocab_size), np.float32)
+        buffers = {"logits": bound.logits, PROBABILITIES: self.probabilities,
                    "final": bound.hidden[0], "resume": self.resume,
                    "mc_input": self.mc_input, "embedded": bound.embedded,
                    **bound.signal_buffers}
@@ -223,11 +226,13 @@ class FusedPass:
                 outputs)))
         self.state_buffer = {role: buffers[next(r for r, n in graph.outputs.items()
                                                 if n == graph.outputs[role])]
-                             for role in ("resume", "mc_input", "final", "embedded")}
+                             for role in ("resume", "mc_input", "embedded")}
 
-    def begin(self, ids: np.ndarray, resume: FeedResult | None = None) -> None:
-        seq, bound = self.seq, self.bound
-        bound.start_token(ids)                       # hidden[0] will hold the final state
+    def feed(self, token: int) -> FeedResult:
+        """Token (a new one, at the next position) through the cheap pass: what
+        Sequence._loop returns for it at depth steps_base without halting."""
+        seq, bound, kv = self.seq, self.bound, self.seq.kv
+        bound.start_token(token)                     # hidden[0] will hold the final state
         weights = seq.signal_weights
         if weights is not None:
             np.copyto(bound.weights, weights)
@@ -235,34 +240,18 @@ class FusedPass:
         seq.run_bound("fused", session, binding)
         bound.signals_ready = weights is not None
         # the call has read the stored KV: store the new rows of every (block, iteration) now
-        kv, slot, depth = seq.kv, bound.slot, self.depth
-        if depth < self.new_keys.shape[1]:
+        depth, slot = self.depth, bound.slot
+        if self.carries:
             self.new_keys[:, depth:] = self.new_keys[:, depth - 1:depth]
             self.new_values[:, depth:] = self.new_values[:, depth - 1:depth]
         kv.keys[:, :, :, slot] = self.new_keys
         kv.values[:, :, :, slot] = self.new_values
-
-    def inject(self) -> None:
-        """Input injection ran inside the fused call."""
-
-    def state(self) -> np.ndarray:
-        return self.state_buffer["resume"].copy()
-
-    def last_embedded(self) -> np.ndarray:
-        return self.state_buffer["embedded"].copy()
-
-    def final_hidden(self) -> np.ndarray:
-        return self.bound.hidden[0][0]
-
-    def block(self, b: int, i: int) -> float | None:
-        """The fused call ran this iteration and begin() stored its KV: its p_halt."""
-        return float(self.halts[b, i]) if self.halts is not None else None
-
-    def end_block(self, b: int, done: int) -> None:
-        """begin() stored the carried KV of the deeper iterations."""
-
-    def finish(self) -> tuple[np.ndarray, int, bool, np.ndarray, float | None]:
-        bound = self.bound
-        self.seq.kv.commit_slot(bound.position_, bound.slot, bound.is_global)
-        return (bound.logits[0], bound.position_, bound.is_global,
-                self.state_buffer["mc_input"].copy(), float(self.logsumexp[0, 0]))
+        kv.commit_slot(bound.position_, slot, bound.is_global)
+        state = self.state_buffer
+        return FeedResult(
+            bound.logits[0], [depth] * self.blocks,
+            [None] * self.blocks if self.halts is None else self.halts[:, -1].tolist(),
+            bound.position_, bound.is_global, state["mc_input"].copy(), token,
+            [depth] * self.blocks, state["resume"].copy(),
+            state["embedded"].copy() if self.injects else None,
+            bound.hidden[0][0] if self.probe else None, self.probabilities[0, 0])

@@ -100,7 +100,7 @@ class Controller:
     def decide(self, runner, gens: list) -> list[TraceEntry]:
         entries = [TraceEntry(0, iterations=list(g.step.iterations)) for g in gens]
         logits = [g.step.logits[-1] for g in gens]
-        logsumexp = [g.step.logsumexp for g in gens]          # of the rows in logits
+        probs = [g.step.probabilities for g in gens]     # softmax of the rows in logits, or None
         chosen_from: dict[int, np.ndarray] = {}          # k -> MC mean distribution
         groups: dict[tuple, list[int]] = {}
         for k, g in enumerate(gens):
@@ -140,7 +140,7 @@ class Controller:
         if deep:
             for k, step in zip(deep, self._go_deep(runner, [gens[k] for k in deep],
                                                    [entries[k] for k in deep])):
-                logits[k], logsumexp[k] = step.logits[-1], step.logsumexp
+                logits[k], probs[k] = step.logits[-1], step.probabilities
         for k, (g, e) in enumerate(zip(gens, entries)):
             o = g.options
             scale = o.refined_temperature if e.band == "moderate" else 1.0
@@ -149,15 +149,15 @@ class Controller:
             e.token_id = choose(rules, o.do_sample, o.temperature * scale, o.top_k, o.top_p,
                                 g.rng, self.suppress, o.min_p)
             # the probability under the model's distribution (before temperature, filters,
-            # healing and repetition rules); the high band's is its MC mean. Without logprobs
-            # only the chosen token's is needed (the same value as softmax(logits)[token]).
-            if k in chosen_from or o.logprobs is not None:
-                probs = chosen_from[k] if k in chosen_from else softmax(logits[k])
-                e.probability = float(probs[e.token_id])
-                if o.logprobs is not None:
-                    e.top_logprobs = [(i, "", lp) for i, lp in top_logprobs(probs, o.logprobs)]
-            else:
-                e.probability = probability(logits[k], e.token_id, logsumexp[k])
+            # healing and repetition rules): the softmax the LM head computed, the high band's
+            # MC mean; from the logits only where neither is at hand
+            dist = chosen_from.get(k, probs[k])
+            if dist is None and o.logprobs is not None:
+                dist = softmax(logits[k])
+            e.probability = (probability(logits[k], e.token_id) if dist is None
+                             else float(dist[e.token_id]))
+            if o.logprobs is not None:
+                e.top_logprobs = [(i, "", lp) for i, lp in top_logprobs(dist, o.logprobs)]
             e.logprob = math.log(max(e.probability, 1e-45))
             _logged(e, g.step.position)
         return entries

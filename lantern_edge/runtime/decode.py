@@ -5,17 +5,18 @@ bindings of its one-token passes, its call timer. Many Sequences share one Engin
 so threads generating at once never touch each other's state.
 
 `Sequence.feed` runs new tokens embed -> blocks (each iteration one call of the block's step
-graph, its KV stored) -> lm_head, through one of four passes with the same interface:
+graph, its KV stored) -> lm_head, through `Sequence._loop` and one of three passes with the
+same interface:
 - `HostPass` (here): `session.run` on host arrays; prompts (several tokens), and one token when
   no faster pass applies;
 - `BoundPass` (bindings.py): one token through IO binding to persistent host buffers (the CPU
   default: a bound call copies and allocates nothing);
-- `FusedPass` (bindings.py): one token's whole cheap pass in one bound call of the fused graph
-  (fusion.py), where it computes exactly what the separate calls compute: depth steps_base, no
-  halting threshold, a new token (not a continuation);
 - `DevicePass` (device_kv.py): one token with the KV state resident on the accelerator.
 A pass does the graph calls and KV writes; the per-(block, iteration) loop and the halting rule
-live only in `Sequence._loop`.
+live only in `Sequence._loop`. Where there is nothing to decide per (block, iteration) (depth
+steps_base, no halting threshold, a new token), one token is instead one call of the fused
+cheap-pass graph (fusion.py) through `FusedPass.feed` (bindings.py), which computes exactly
+what the loop over the separate calls computes.
 """
 
 from __future__ import annotations
@@ -45,9 +46,9 @@ class FeedResult:
     resume: np.ndarray | None = None
     embedded: np.ndarray | None = None
     hidden: np.ndarray | None = None   # [1, C] final hidden (before the norm): the probe's input
-    # log sum exp of the last token's logits (the LM head computes it; fusion.lm_head_graph):
-    # its chosen token's probability is exp(logit - this); None where the head has no such output
-    logsumexp: float | None = None
+    # [V] softmax of the last token's logits (the LM head computes it; fusion.lm_head_graph),
+    # valid as long as logits; None where the head has no such output
+    probabilities: np.ndarray | None = None
 
 
 @dataclass
@@ -116,12 +117,12 @@ class HostPass:
         for i in range(done, self.seq.kv.keys.shape[1]):          # carried-KV policy
             self.seq.kv.write(b, i, self.key, self.value, self.tokens, self.slots)
 
-    def finish(self) -> tuple[np.ndarray, int, bool, np.ndarray, float | None]:
+    def finish(self) -> tuple[np.ndarray, int, bool, np.ndarray, np.ndarray | None]:
         seq = self.seq
         seq.kv.commit(self.positions, self.tokens, self.slots, self.new_global)
         out = seq.run("lm_head", seq.engine.lm_head, {"hidden": self.hidden})
         return (out[0][0], int(self.positions[-1]), bool(self.new_global[-1]), self.mc_input,
-                float(out[1][0, -1]) if len(out) > 1 else None)
+                out[1][0, -1] if len(out) > 1 else None)
 
     def final_hidden(self) -> np.ndarray:
         return self.hidden[0, -1:]
@@ -198,9 +199,10 @@ class Sequence:
                      for start in range(0, length, window)]
             return replace(parts[-1], logits=np.concatenate([p.logits for p in parts]))
         if length == 1:
-            fused = (self.fused is not None and depth == self.config.steps_base
-                     and halting_threshold is None)
-            return self._loop(self.fused if fused else self.one, ids, depth, halting_threshold)
+            if (self.fused is not None and depth == self.config.steps_base
+                    and halting_threshold is None):
+                return self.fused.feed(int(ids[0]))
+            return self._loop(self.one, ids, depth, halting_threshold)
         if self.device is None:
             return self._loop(self.host, ids, depth, None)
         self.device.download()          # the host pass reads and writes the host KV
@@ -264,13 +266,13 @@ class Sequence:
                 pass_.end_block(b, i + 1)
             if b == 0 and i + 1 == stop[0] and not cycle:
                 block0 = pass_.state()
-        logits, position, is_global, mc_input, logsumexp = pass_.finish()
+        logits, position, is_global, mc_input, probabilities = pass_.finish()
         embedded = (resume.embedded if resume is not None
                     else pass_.last_embedded() if cfg.input_injection else None)
         return FeedResult(logits, done, halts, position, is_global, mc_input, int(ids[-1]),
                           [d - s for d, s in zip(done, start)],
                           pass_.state() if cycle else block0, embedded,
-                          pass_.final_hidden() if self.engine.has_probe else None, logsumexp)
+                          pass_.final_hidden() if self.engine.has_probe else None, probabilities)
 
     def mc_logits(self, step: FeedResult, masks: dict[str, np.ndarray]) -> np.ndarray:
         """[S, V] logits of the newest token's last-block last iteration re-run with masks."""

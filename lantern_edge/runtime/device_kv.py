@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import onnxruntime as ort
 
-from .fusion import LOGSUMEXP
+from .fusion import PROBABILITIES
 from .protobuf import FLOAT, INT64, bytes_field as _bytes, int_field as _int, node as _node
 from .protobuf import value_info as _value_info
 
@@ -102,9 +102,10 @@ class DevicePass:
             "expand_shape": self.expand[i], "indices": self.indices[i]},
             {"key_out": self.keys[b], "value_out": self.values[b]}) for i in range(depth)]
             for b in range(blocks)]
-        self.logsumexp = np.zeros((1, 1), np.float32) if engine.has_logsumexp else None
+        self.probabilities = (np.zeros((1, 1, cfg.vocab_size), np.float32)
+                              if engine.has_probabilities else None)
         self.lm_head = [self._bind(engine.lm_head, {"hidden": self.hidden[p]},
-                                   {"logits": self.logits, LOGSUMEXP: self.logsumexp})
+                                   {"logits": self.logits, PROBABILITIES: self.probabilities})
                         for p in (0, 1)]
         # input injection: W [hidden[p] ; embedded] -> hidden[1 - p]
         self.embedded = on_device((1, 1, cfg.hidden_size)) if engine.inject is not None else None
@@ -198,14 +199,14 @@ class DevicePass:
     def end_block(self, b: int, done: int) -> None:
         """Nothing to carry: every write already filled the deeper iterations."""
 
-    def finish(self) -> tuple[np.ndarray, int, bool, np.ndarray, float | None]:
+    def finish(self) -> tuple[np.ndarray, int, bool, np.ndarray, np.ndarray | None]:
         seq = self.seq
         seq.kv.commit_slot(self.position_, self.slot, self.is_global)
         self.fresh = True
         seq.run_bound("lm_head", seq.engine.lm_head, self.lm_head[self.parity])
         mc_input = np.array(self.hidden[self.mc_parity].numpy(), copy=True)   # [1, 1, C]
         return (self.logits[0], self.position_, self.is_global, mc_input,
-                None if self.logsumexp is None else float(self.logsumexp[0, 0]))
+                None if self.probabilities is None else self.probabilities[0, 0])
 
     def mc_hidden(self, step: FeedResult, masks: dict[str, np.ndarray]) -> np.ndarray:
         """mc_step's hidden_out [S, 1, C] for the newest token, reading the device KV."""

@@ -109,15 +109,15 @@ class Engine:
         # the sessions do not fight) and another process on the second core, a second thread
         # measured slower for a 4096-vocab head (42.6 us at 1 thread vs 49.5 us at 2).
         # intra_op_threads=2 gives every session two threads.
-        # with a log-sum-exp output (fusion.lm_head_graph): the probability of a chosen token
+        # with a probabilities output (fusion.lm_head_graph): the probability of a chosen token
         # without a softmax in NumPy; a graph that cannot be edited loads as it is
         path = artifacts.graph(precision, "lm_head")
         try:
-            head = lm_head_graph(verified_bytes(artifacts, path))
+            head = lm_head_graph(verified_bytes(artifacts, path), cfg.vocab_size)
         except ValueError:
             head = None
         self.lm_head = session(path, head)
-        self.has_logsumexp = head is not None
+        self.has_probabilities = head is not None
         self.uncertainty = session(artifacts.graph(precision, "uncertainty"))
         # models with input injection: h = W [h ; e] as its own small graph (docs/DEPTH.md)
         self.inject = (session(artifacts.graph(precision, "inject"))

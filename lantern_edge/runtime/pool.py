@@ -190,7 +190,7 @@ class Pool:
             seq.kv.commit_slot(position, slot, is_global)
         out = self._run(seqs, "lm_head", engine.lm_head, {"hidden": hidden})
         logits = out[0][0]
-        logsumexp = out[1][0].tolist() if len(out) > 1 else [None] * n
+        probabilities = out[1][0] if len(out) > 1 else [None] * n
         state = hidden if cycle else block0
         return [FeedResult(logits[j:j + 1], done[:, j].tolist(),
                            [halts[b][j] for b in range(cfg.num_blocks)], begun[j][0],
@@ -199,7 +199,7 @@ class Pool:
                            resume[j].embedded if resume is not None
                            else embedded[:, j:j + 1].copy() if embedded is not None else None,
                            hidden[0, j:j + 1].copy() if engine.has_probe else None,
-                           logsumexp[j])
+                           probabilities[j])
                 for j in range(n)]
 
     def deepen(self, gens: list, depth: int) -> list[FeedResult]:

@@ -3,8 +3,6 @@ seeded NumPy generator."""
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
 
@@ -19,12 +17,8 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=-1, keepdims=True)
 
 
-def probability(logits: np.ndarray, token: int, logsumexp: float | None = None) -> float:
-    """softmax(logits)[token] of one row [V]: exp(logit - logsumexp) when the row's log-sum-exp
-    is given (the LM head computes it: no pass over V here); otherwise the same float as the
-    full softmax, without dividing every entry."""
-    if logsumexp is not None:
-        return math.exp(float(logits[token]) - logsumexp)
+def probability(logits: np.ndarray, token: int) -> float:
+    """softmax(logits)[token] of one row [V], the same float, without dividing every entry."""
     e = np.exp(logits - logits.max())
     return float(e[token] / e.sum())
 
