@@ -260,3 +260,24 @@ def test_trace_probability_is_the_softmax_of_the_logits():
         token = gen.step()
         softmax = np.exp(row - row.max()) / np.exp(row - row.max()).sum()
         assert token.trace.probability == pytest.approx(softmax[token.token_id], rel=1e-5)
+
+
+def test_an_lm_head_that_cannot_be_edited_loads_as_it_is(monkeypatch):
+    """Where the softmax cannot be added to the LM head, the runtime keeps the head as it is and
+    reads the probability from the logits: the same tokens, probabilities within 1e-5."""
+    from lantern_edge.runtime import engine as engine_module
+    from lantern_edge.runtime.fusion import lm_head_graph
+    with pytest.raises(ValueError, match="cannot be edited"):
+        lm_head_graph(b"\x00garbage", 4096)
+    expected = Runtime(fuse=False).generate("import os\n", max_new_tokens=16, adaptive=False)
+
+    def refuse(graph, vocab):
+        raise ValueError("the LM head graph cannot be edited (test)")
+    monkeypatch.setattr(engine_module, "lm_head_graph", refuse)
+    for fuse in (False, True):
+        rt = Runtime(fuse=fuse)
+        assert not rt.engine.has_probabilities
+        got = rt.generate("import os\n", max_new_tokens=16, adaptive=False)
+        assert got.token_ids == expected.token_ids
+        for a, b in zip(got.trace, expected.trace):
+            assert a.probability == pytest.approx(b.probability, rel=1e-5)
