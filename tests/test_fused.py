@@ -157,8 +157,7 @@ def test_fused_graph_shares_weights_and_checks(tmp_path):
     for weight in ("block0.qkv_weight", "block1.down_weight", "token_embedding",
                    "position_embedding", "final_norm.weight"):
         assert names.count(weight) == 1, weight
-    # nothing per instance
-    assert [n for n in names if "/" in n] == ["fused/rows_of_logits"]
+    assert [n for n in names if "/" in n] == ["fused/rows_of_logits"]   # nothing per instance
     def nodes(name: str) -> int:
         return len(onnx.load_from_string(artifacts.blobs[name]).graph.node)
     blocks = sum(nodes(artifacts.graph_name("fp32", "blocks", b)) for b in range(cfg.num_blocks))

@@ -175,8 +175,8 @@ class FusedPass:
     halting threshold, a new token, not a continuation), so it needs none of Sequence._loop's
     per-(block, iteration) decisions: `feed` is the whole token.
 
-    It shares the BoundPass's buffers: token id, position, bias row, logits, weights and
-    signals, and hidden[0] as the final state, so that everything that reads a one-token
+    It shares the BoundPass's buffers: token id, position, bias row, logits and their softmax,
+    weights and signals, and hidden[0] as the final state, so that everything that reads a one-token
     decode's results (signals of the bound logits, the depth probe's input, continuation) reads
     them the same way whichever pass ran. The stored KV of every (block, iteration) is bound in
     place; the new rows come back in one small buffer per kind and are stored into their slot
@@ -200,7 +200,10 @@ class FusedPass:
         self.injects, self.probe = cfg.input_injection, engine.has_probe
         self.resume = np.zeros((1, 1, hidden), np.float32)
         self.mc_input = np.zeros((1, 1, hidden), np.float32)
-        self.probabilities = np.zeros((1, 1, cfg.vocab_size), np.float32)
+        # the fused graph always has the softmax output; the bound LM head has it unless its
+        # graph could not be edited (engine.has_probabilities)
+        self.probabilities = (bound.probabilities if bound.probabilities is not None
+                              else np.zeros_like(bound.logits))
         buffers = {"logits": bound.logits, PROBABILITIES: self.probabilities,
                    "final": bound.hidden[0], "resume": self.resume,
                    "mc_input": self.mc_input, "embedded": bound.embedded,

@@ -36,6 +36,9 @@ NODE_OUTPUT, NODE_NAME, NODE_ATTRIBUTE = 2, 3, 5
 ATTR_G, ATTR_GRAPHS = 6, 11
 ATTR_NAME, ATTR_I, ATTR_TYPE, ATTR_INT = 1, 3, 20, 2      # AttributeProto: name, i, type, INT
 PROBABILITIES = "probabilities"
+# what reading or splicing graph bytes raises when they are not what the exporter writes
+SPLICE_ERRORS = (ProtoError, KeyError, IndexError, StopIteration, UnicodeDecodeError,
+                 struct.error)
 OPSET_DOMAIN, OPSET_VERSION = 1, 2
 
 
@@ -229,8 +232,7 @@ def lm_head_graph(graph: bytes, vocab: int) -> bytes:
         g.output(part.outputs["logits"], "logits")
         g.output(probabilities_info(vocab), PROBABILITIES)
         return g.model("lantern_lm_head")
-    except (ProtoError, KeyError, IndexError, StopIteration, UnicodeDecodeError,
-            struct.error) as e:
+    except SPLICE_ERRORS as e:
         raise ValueError(f"the LM head graph cannot be edited ({e!r})") from e
 
 
@@ -264,8 +266,7 @@ def cheap_pass_graph(config, graphs: dict[str, bytes | list[bytes]],
     """
     try:
         return _cheap_pass_graph(config, graphs, signals)
-    except (ProtoError, KeyError, IndexError, StopIteration, UnicodeDecodeError,
-            struct.error) as e:
+    except SPLICE_ERRORS as e:
         raise ValueError(f"the graphs cannot be spliced into one cheap pass ({e!r})") from e
 
 
