@@ -113,12 +113,15 @@ def measure(rows: list[dict], tokens: list[int], threads: list[int], rounds: int
         shift = r % max(len(runnable), 1)              # a different first configuration per round
         for row, t in runnable[shift:] + runnable[:shift]:
             out = run_worker({**row["job"], "threads": t, "tokens": tokens}, timeout)
+            results = row.setdefault("results", {})
             if "error" in out:
                 row.setdefault("failures", []).append(f"{t} thread(s): {out['error']}")
+                for n in tokens:                # None keeps the rounds aligned (paired ratios)
+                    results.setdefault((n, t), []).append(None)
                 continue
             row["version"] = out["version"]
-            for n, rate in out["tok_s"].items():
-                row.setdefault("results", {}).setdefault((int(n), t), []).append(rate)
+            for n in tokens:
+                results.setdefault((n, t), []).append(out["tok_s"].get(str(n)))
         print(f"round {r + 1}/{rounds} done, load average {os.getloadavg()[0]:.2f}",
               file=sys.stderr, flush=True)
         if save:
@@ -142,11 +145,76 @@ def table(rows: list[dict], tokens: list[int], threads: list[int]) -> str:
             continue
         cells = []
         for key in columns:
-            values = row.get("results", {}).get(key, [])
+            values = [v for v in row.get("results", {}).get(key, []) if v is not None]
             cells.append(f"{max(values):.0f} / {statistics.median(values):.0f}" if values else "failed")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
         notes.extend(f"- {row['name']}, {f}" for f in sorted(set(row.get("failures", []))))
     return "\n".join(lines + ([""] + notes if notes else []))
+
+
+ADAPTIVE_COST_LIMIT = 1.15
+
+
+def _best_per_round(row: dict | None, n: int, threads: list[int]) -> list[float | None]:
+    """Per round, the row's tok/s at n new tokens at its best thread count in that round."""
+    per_thread = [(row or {}).get("results", {}).get((n, t), []) for t in threads]
+    rounds = max(map(len, per_thread), default=0)
+    best = []
+    for r in range(rounds):
+        values = [v[r] for v in per_thread if r < len(v) and v[r] is not None]
+        best.append(max(values) if values else None)
+    return best
+
+
+def goal(rows: list[dict], tokens: list[int], threads: list[int]) -> str:
+    """The issue's targets, computed from this run: lantern-edge at fixed depth against
+    onnxruntime-genai at the same precision, each at its best thread count (best over the
+    rounds, and the median of the per-round ratios: rounds are interleaved, so a round's two
+    numbers share the machine's load); the adaptive defaults' cost against fixed depth."""
+    by_name = {row["name"]: row for row in rows if not row.get("error")}
+    lines = ["| target | " + " | ".join(f"{n} new" for n in tokens) + " |",
+             "|---|" + "---|" * len(tokens)]
+    verdicts = []
+
+    def ratios(top: str, bottom: str, invert: bool = False) -> list[tuple]:
+        out = []
+        for n in tokens:
+            a = _best_per_round(by_name.get(top), n, threads)
+            b = _best_per_round(by_name.get(bottom), n, threads)
+            if invert:
+                a, b = b, a
+            pairs = [x / y for x, y in zip(a, b) if x is not None and y is not None]
+            seen_a, seen_b = [x for x in a if x is not None], [y for y in b if y is not None]
+            best = max(seen_a) / max(seen_b) if seen_a and seen_b else None
+            out.append((best, statistics.median(pairs) if pairs else None))
+        return out
+
+    def cells(values: list[tuple]) -> str:
+        return " | ".join("–" if best is None else f"{best:.2f}x (paired median {paired:.2f}x)"
+                          for best, paired in values)
+
+    for p in ("fp32", "int8"):
+        values = ratios(f"lantern-edge {p}, fixed depth", f"onnxruntime-genai {p}")
+        lines.append(f"| {p}: lantern-edge fixed depth / onnxruntime-genai, tok/s (>= 1.00x) | "
+                     f"{cells(values)} |")
+        verdicts.append((f"{p} fixed depth >= onnxruntime-genai", values, lambda x: x >= 1.0))
+    for p in ("fp32", "int8"):
+        # cost = time per token: fixed depth's tok/s over the adaptive defaults'
+        values = ratios(f"lantern-edge {p}, fixed depth", f"lantern-edge {p}, adaptive")
+        lines.append(f"| {p}: adaptive defaults' cost / fixed depth's "
+                     f"(<= {ADAPTIVE_COST_LIMIT:.2f}x) | {cells(values)} |")
+        verdicts.append((f"{p} adaptive cost <= {ADAPTIVE_COST_LIMIT:.2f}x", values,
+                         lambda x: x <= ADAPTIVE_COST_LIMIT))
+    lines.append("")
+    for name, values, ok in verdicts:
+        if any(best is None for best, _ in values):
+            lines.append(f"- {name}: not measured in this run")
+            continue
+        best_ok = all(ok(best) for best, _ in values)
+        paired_ok = all(ok(paired) for _, paired in values)
+        lines.append(f"- {name}: {'met' if best_ok else 'NOT met'} by best, "
+                     f"{'met' if paired_ok else 'NOT met'} by paired median")
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -177,6 +245,8 @@ def main(argv: list[str] | None = None) -> int:
           f"load average (1/5/15 min) {'/'.join(f'{x:.1f}' for x in load_before)} before, "
           f"{'/'.join(f'{x:.1f}' for x in load_after)} after; {time.time() - began:.0f} s.\n")
     print(table(rows, args.tokens, args.threads))
+    print()
+    print(goal(rows, args.tokens, args.threads))
     return 0
 
 

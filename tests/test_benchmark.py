@@ -218,3 +218,40 @@ def test_stream_tok_s_times_decode_steps_only(tiny_artifacts):
     assert rate > whole
     with pytest.raises(ValueError, match="at least 2 new tokens"):
         stream_tok_s(runtime, prompt, 1)
+
+
+def _peers_module():
+    import importlib.util
+    from pathlib import Path
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "peers.py"
+    spec = importlib.util.spec_from_file_location("peers_under_test", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_peers_goal_pairs_rounds_at_each_systems_best_thread_count():
+    """The issue's targets from one run: best over rounds at each system's best thread count,
+    and the median of per-round ratios (a failed run is None and drops only its own pair)."""
+    peers = _peers_module()
+
+    def row(name, by_threads):
+        return dict(name=name, results={(128, t): v for t, v in by_threads.items()})
+    rows = [
+        row("lantern-edge fp32, fixed depth", {1: [100.0, 200.0, 90.0], 2: [150.0, 90.0, None]}),
+        row("lantern-edge fp32, adaptive", {1: [100.0, 160.0, 80.0], 2: [120.0, 80.0, 70.0]}),
+        row("onnxruntime-genai fp32", {1: [120.0, 100.0, 100.0], 2: [160.0, 210.0, 80.0]}),
+        row("lantern-edge int8, fixed depth", {1: [300.0, 300.0, 300.0]}),
+        dict(name="onnxruntime-genai int8", error="not installed"),
+    ]
+    text = peers.goal(rows, [128], [1, 2])
+    # fp32: best 200 / 210; rounds 150/160, 200/210, 90/100 -> median 0.9375
+    assert "| fp32: lantern-edge fixed depth / onnxruntime-genai, tok/s (>= 1.00x) | " \
+           "0.95x (paired median 0.94x) |" in text
+    # adaptive cost: best 200 / 160 = 1.25; rounds 150/120, 200/160, 90/80 -> 1.25, 1.25, 1.125
+    assert "| fp32: adaptive defaults' cost / fixed depth's (<= 1.15x) | " \
+           "1.25x (paired median 1.25x) |" in text
+    assert "- fp32 fixed depth >= onnxruntime-genai: NOT met by best, NOT met by paired median" \
+        in text
+    assert "- int8 fixed depth >= onnxruntime-genai: not measured in this run" in text
+    assert "- fp32 adaptive cost <= 1.15x: NOT met by best, NOT met by paired median" in text

@@ -250,11 +250,13 @@ class FusedPass:
         kv.keys[:, :, :, slot] = self.new_keys
         kv.values[:, :, :, slot] = self.new_values
         kv.commit_slot(bound.position_, slot, bound.is_global)
+        # the states are views of the bound buffers, valid until this Sequence's next call
+        # (like the logits): whatever reads them (MC step, continuation) runs before that
         state = self.state_buffer
         return FeedResult(
             bound.logits[0], [depth] * self.blocks,
             [None] * self.blocks if self.halts is None else self.halts[:, -1].tolist(),
-            bound.position_, bound.is_global, state["mc_input"].copy(), token,
-            [depth] * self.blocks, state["resume"].copy(),
-            state["embedded"].copy() if self.injects else None,
+            bound.position_, bound.is_global, state["mc_input"], token,
+            [depth] * self.blocks, state["resume"],
+            state["embedded"] if self.injects else None,
             bound.hidden[0][0] if self.probe else None, self.probabilities[0, 0])

@@ -37,12 +37,14 @@ class FeedResult:
     halting: list[float | None]   # p_halt of each block's last iteration (last token)
     position: int                 # position of the last token
     is_global: bool               # the last token is a global token (position 0 or THINK)
-    mc_input: np.ndarray          # [1, 1, C] hidden entering the last block's last iteration
+    # [1, 1, C] hidden entering the last block's last iteration (like logits, valid until the
+    # Sequence's next call: the fused pass returns a view of its buffer)
+    mc_input: np.ndarray
     token: int = -1               # the last token's id
     ran: list[int] = field(default_factory=list)   # block iterations this call ran, per block
-    # what `Sequence.deepen` continues from ([1, 1, C] copies, last token): the state after
-    # block 0 (sequence order) or after the last cycle (cycle order), and the embedding that
-    # input injection feeds back in (None without injection)
+    # what `Sequence.deepen` continues from ([1, 1, C], last token; valid as mc_input): the
+    # state after block 0 (sequence order) or after the last cycle (cycle order), and the
+    # embedding that input injection feeds back in (None without injection)
     resume: np.ndarray | None = None
     embedded: np.ndarray | None = None
     hidden: np.ndarray | None = None   # [1, C] final hidden (before the norm): the probe's input
@@ -189,6 +191,8 @@ class Sequence:
         """
         ids = np.asarray(ids, dtype=np.int64)
         length = len(ids)
+        if length == 1:
+            return self.feed_token(int(ids[0]), depth, halting_threshold)
         self.check_step(self.kv.length + length - 1, depth)
         window = self.config.window_size
         if length > window:
@@ -198,11 +202,6 @@ class Sequence:
             parts = [self.feed(ids[start:start + window], depth)
                      for start in range(0, length, window)]
             return replace(parts[-1], logits=np.concatenate([p.logits for p in parts]))
-        if length == 1:
-            if (self.fused is not None and depth == self.config.steps_base
-                    and halting_threshold is None):
-                return self.fused.feed(int(ids[0]))
-            return self._loop(self.one, ids, depth, halting_threshold)
         if self.device is None:
             return self._loop(self.host, ids, depth, None)
         self.device.download()          # the host pass reads and writes the host KV
@@ -210,6 +209,15 @@ class Sequence:
             return self._loop(self.host, ids, depth, None)
         finally:
             self.device.upload()
+
+    def feed_token(self, token: int, depth: int,
+                   halting_threshold: float | None = None) -> FeedResult:
+        """One new token at the next position: `feed([token], ...)`, the decode loop's step."""
+        self.check_step(self.kv.length, depth)
+        if (self.fused is not None and depth == self.config.steps_base
+                and halting_threshold is None):
+            return self.fused.feed(token)
+        return self._loop(self.one, np.array([token], np.int64), depth, halting_threshold)
 
     def deepen(self, step: FeedResult, depth: int) -> FeedResult:
         """Continue the newest token (fed last, its FeedResult `step`) to `depth` iterations per
@@ -326,7 +334,7 @@ class Single:
     @staticmethod
     def feed(seqs: list[Sequence], tokens: list[int], depth: int,
              halting: list[float | None]) -> list[FeedResult]:
-        return [seqs[0].feed(np.array(tokens[:1], np.int64), depth, halting[0])]
+        return [seqs[0].feed_token(tokens[0], depth, halting[0])]
 
     @staticmethod
     def deepen(gens: list, depth: int) -> list[FeedResult]:
