@@ -131,7 +131,8 @@ def test_decode_paths_equal_the_plain_session_path(tiny_artifacts, path):
     artifacts = open_artifacts(tiny_artifacts)
     cfg = artifacts.model_config
     bound = Sequence(Engine(artifacts, kv_on_device=path == "kv_on_device"))
-    plain = Sequence(Engine(artifacts))
+    # the same KV layout (the device path has no fused pass, hence no scratch slot)
+    plain = Sequence(Engine(artifacts, shared_kv=bound.engine.kv_scratch))
     plain.one = plain.host                                    # session.run for one token too
     assert isinstance(bound.one, BoundPass if path == "io_binding" else DevicePass)
     rng = np.random.default_rng(0)
@@ -140,7 +141,8 @@ def test_decode_paths_equal_the_plain_session_path(tiny_artifacts, path):
     tokens = rng.integers(4, cfg.vocab_size, 3 * cfg.window_size)
     tokens[[7, 20]] = cfg.think_token_id
     weights = np.array([1.0, 0.5, 0.5], np.float32)
-    masks = dropout_masks(cfg, 3, bound.kv.keys.shape[3], seed=0, position=0)
+    stored = cfg.window_size + cfg.max_global_tokens      # what the controller draws for
+    masks = dropout_masks(cfg, 3, stored, seed=0, position=0)
     for engine in (bound, plain):
         engine.feed(prompt, cfg.steps_base)
     halted = 0
@@ -280,7 +282,9 @@ def test_memory_is_flat_for_generations_longer_than_the_window(tiny):
         seq.feed([5 + token % 50], tiny.config.steps_base)
     assert kv.length == len(prompt) + 4 * tiny.config.window_size
     assert (kv.keys.ctypes.data, kv.values.ctypes.data, kv.keys.shape) == before
-    assert kv.slot_pos.shape == (tiny.config.window_size + tiny.config.max_global_tokens,)
+    scratch = 1 if tiny.engine.kv_scratch else 0        # the fused pass's (kv_state.py)
+    assert kv.slot_pos.shape == (tiny.config.window_size + tiny.config.max_global_tokens
+                                 + scratch,)
 
 
 def test_generation_stops_at_max_position(tiny):

@@ -123,7 +123,8 @@ def test_decode_paths_continue_inject_and_probe_like_the_plain_path(depth_artifa
     artifacts = open_artifacts(root)
     cfg = artifacts.model_config
     fast = Sequence(Engine(artifacts, kv_on_device=path == "kv_on_device"))
-    plain = Sequence(Engine(artifacts))
+    # the same KV layout (the device path has no fused pass, hence no scratch slot)
+    plain = Sequence(Engine(artifacts, shared_kv=fast.engine.kv_scratch))
     plain.one = plain.host
     weights = np.array([1.0, 0.5, 0.5], np.float32)
     ids = sequence_ids()

@@ -177,9 +177,13 @@ def test_logprobs_and_echo(client, runtime):
     prompt_tokens = len(lp.tokens) - 6
     assert "".join(lp.tokens) == choice.text and lp.text_offset[prompt_tokens] == len(PROMPT)
     assert lp.token_logprobs[:prompt_tokens] == [None] * prompt_tokens   # prompt: not scored
-    assert lp.token_logprobs[prompt_tokens:] == pytest.approx([t.logprob for t in expected.trace])
+    # the server decodes in a batch (the exported attention), generate() alone (fp32: the fused
+    # pass's GroupQueryAttention, within ~1e-5)
+    close = dict(rel=1e-4, abs=1e-5)
+    assert lp.token_logprobs[prompt_tokens:] == pytest.approx([t.logprob for t in expected.trace],
+                                                              **close)
     for top, trace in zip(lp.top_logprobs[prompt_tokens:], expected.trace):
-        assert top == pytest.approx({text: v for _, text, v in trace.top_logprobs})
+        assert top == pytest.approx({text: v for _, text, v in trace.top_logprobs}, **close)
         assert len(top) == 2
 
 

@@ -27,7 +27,9 @@ def collect_feeds(artifacts: Artifacts, texts: list[str]) -> dict[str, list[dict
     from ..runtime.generate import Runtime
     from .quality import heldout_sequences
 
-    engine = Engine(artifacts, "fp32", ["CPUExecutionProvider"])
+    # prompts only, through the separate graphs: no fused pass, so no scratch KV slot, and the
+    # recorded KV inputs have the exported graphs' shape
+    engine = Engine(artifacts, "fp32", ["CPUExecutionProvider"], fuse=False)
     seq = Sequence(engine)
     names = {id(engine.embed): "embed.onnx", id(engine.mc): "mc_step.onnx",
              id(engine.lm_head): "lm_head.onnx", id(engine.uncertainty): "uncertainty.onnx"}

@@ -71,7 +71,7 @@ class BoundPass:
         self.blocks = [[[bind(session,
                               {"hidden": self.hidden[p], "positions": self.position,
                                "past_key": kv.keys[b, i], "past_value": kv.values[b, i],
-                               "attn_bias": self.bias, **engine.stored_slots},
+                               "attn_bias": self.bias, **seq.stored_slots},
                               {"hidden_out": self.hidden[1 - p], "key": self.key,
                                "value": self.value, "halt": self.halt})
                          for p in (0, 1)]
@@ -179,8 +179,9 @@ class FusedPass:
     weights and signals, and hidden[0] as the final state, so that everything that reads a one-token
     decode's results (signals of the bound logits, the depth probe's input, continuation) reads
     them the same way whichever pass ran. The stored KV of every (block, iteration) is bound in
-    place; the new rows come back in one small buffer per kind and are stored into their slot
-    right after the call.
+    place; the new rows come back in the scratch slot (GroupQueryAttention, attention.py) or in
+    one small buffer per kind (the spliced attention) and are stored into their slot right
+    after the call.
     """
 
     def __init__(self, seq: Sequence, bound: BoundPass):
@@ -188,12 +189,13 @@ class FusedPass:
         self.seq, self.bound = seq, bound
         hidden, depth = cfg.hidden_size, cfg.steps_base
         graph = engine.fused[0][0]
-        # the new K/V rows of every (block, iteration) [blocks, R, H, D]: the fused call writes
-        # iterations < steps_base (each output bound to its [H, D] row: the same memory as
-        # [1, H, 1, D]), the deeper ones get the last computed (carried-KV policy), and one
-        # assignment per kind stores them all in their slot
-        self.new_keys = np.zeros(kv.keys.shape[:3] + kv.keys.shape[4:], np.float32)
-        self.new_values = np.zeros_like(self.new_keys)
+        # spliced attention: the new K/V rows of every (block, iteration) [blocks, R, H, D]:
+        # the fused call writes iterations < steps_base (each output bound to its [H, D] row:
+        # the same memory as [1, H, 1, D]), the deeper ones get the last computed (carried-KV
+        # policy), and one assignment per kind stores them all in their slot
+        rows = kv.keys.shape[:3] + kv.keys.shape[4:]
+        self.new_keys = None if graph.shared_kv else np.zeros(rows, np.float32)
+        self.new_values = None if graph.shared_kv else np.zeros(rows, np.float32)
         self.halts = np.zeros((cfg.num_blocks, depth), np.float32) if engine.has_halt else None
         self.depth, self.blocks = depth, cfg.num_blocks
         self.carries = depth < cfg.steps_reasoning
@@ -210,13 +212,21 @@ class FusedPass:
                    **bound.signal_buffers}
         inputs = {"input_ids": bound.ids, "positions": bound.position, "attn_bias": bound.bias}
         row = (1, cfg.num_heads, 1, cfg.head_dim)
+        self.shared_kv = graph.shared_kv
         for (b, i) in graph.kv:
-            buffers[f"key.{b}.{i}"] = self.new_keys[b, i].reshape(row)          # views
-            buffers[f"value.{b}.{i}"] = self.new_values[b, i].reshape(row)
+            if self.shared_kv:
+                # GroupQueryAttention reads the stored slots and writes the new row into the
+                # scratch slot of the same buffer: input and output bound to one memory
+                for kind, array in (("key", kv.keys), ("value", kv.values)):
+                    inputs[f"past_{kind}.{b}.{i}"] = buffers[f"present_{kind}.{b}.{i}"] = \
+                        array[b, i][None]
+            else:
+                buffers[f"key.{b}.{i}"] = self.new_keys[b, i].reshape(row)          # views
+                buffers[f"value.{b}.{i}"] = self.new_values[b, i].reshape(row)
+                inputs[f"past_key.{b}.{i}"] = kv.keys[b, i]
+                inputs[f"past_value.{b}.{i}"] = kv.values[b, i]
             if self.halts is not None:
                 buffers[f"halt.{b}.{i}"] = self.halts[b, i:i + 1].reshape(1, 1)
-            inputs[f"past_key.{b}.{i}"] = kv.keys[b, i]
-            inputs[f"past_value.{b}.{i}"] = kv.values[b, i]
         self.bindings = []
         for fused, session in engine.fused:
             outputs = {}
@@ -244,11 +254,19 @@ class FusedPass:
         bound.signals_ready = weights is not None
         # the call has read the stored KV: store the new rows of every (block, iteration) now
         depth, slot = self.depth, bound.slot
-        if self.carries:
-            self.new_keys[:, depth:] = self.new_keys[:, depth - 1:depth]
-            self.new_values[:, depth:] = self.new_values[:, depth - 1:depth]
-        kv.keys[:, :, :, slot] = self.new_keys
-        kv.values[:, :, :, slot] = self.new_values
+        if self.shared_kv:                        # from the scratch slot
+            scratch = kv.scratch
+            kv.keys[:, :depth, :, slot] = kv.keys[:, :depth, :, scratch]
+            kv.values[:, :depth, :, slot] = kv.values[:, :depth, :, scratch]
+            if self.carries:
+                kv.keys[:, depth:, :, slot] = kv.keys[:, depth - 1:depth, :, scratch]
+                kv.values[:, depth:, :, slot] = kv.values[:, depth - 1:depth, :, scratch]
+        else:
+            if self.carries:
+                self.new_keys[:, depth:] = self.new_keys[:, depth - 1:depth]
+                self.new_values[:, depth:] = self.new_values[:, depth - 1:depth]
+            kv.keys[:, :, :, slot] = self.new_keys
+            kv.values[:, :, :, slot] = self.new_values
         kv.commit_slot(bound.position_, slot, bound.is_global)
         # the states are views of the bound buffers, valid until this Sequence's next call
         # (like the logits): whatever reads them (MC step, continuation) runs before that

@@ -110,7 +110,7 @@ class HostPass:
             "hidden": self.hidden, "positions": self.positions,
             "past_key": np.ascontiguousarray(kv.keys[b, i]),          # a copy only in a pool
             "past_value": np.ascontiguousarray(kv.values[b, i]), "attn_bias": self.bias,
-            **seq.engine.stored_slots})
+            **seq.stored_slots})
         self.hidden, self.key, self.value = out[:3]
         kv.write(b, i, self.key, self.value, self.tokens, self.slots)
         return float(out[3][0, -1]) if len(out) > 3 else None
@@ -142,7 +142,11 @@ class Sequence:
 
         self.engine = engine
         self.config = engine.config
-        self.kv = kv or KVState(engine.config)
+        self.kv = kv or KVState(engine.config, scratch=engine.kv_scratch)
+        # the stored-slot count the edited block and MC graphs are fed with (engine.py): this
+        # state's slots, the scratch slot included
+        self.stored_slots = ({name: np.array([self.kv.keys.shape[3]], np.int64)
+                              for name in engine.stored_slots} if engine.stored_slots else {})
         self.timer = CallTimer()
         self.host = HostPass(self)
         self.device = DevicePass(self) if engine.kv_on_device and kv is None else None
@@ -294,8 +298,17 @@ class Sequence:
                 "hidden": step.mc_input, "positions": positions,
                 "past_key": np.ascontiguousarray(self.kv.keys[b, i]),
                 "past_value": np.ascontiguousarray(self.kv.values[b, i]), "attn_bias": bias,
-                **masks, **self.engine.stored_slots})[0]
+                **self._scratch_masks(masks), **self.stored_slots})[0]
         return self.run("lm_head", self.engine.lm_head, {"hidden": hidden})[0][:, 0]
+
+    def _scratch_masks(self, masks: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The controller's dropout masks (one column per stored slot and the token itself)
+        with a column for the scratch slot, whose attention weight is 0 whatever it says: the
+        same draws as without it, so a generation's MC numbers do not depend on its state."""
+        if self.kv.scratch is None:
+            return masks
+        probs = masks["mask_attn_probs"]
+        return {**masks, "mask_attn_probs": np.insert(probs, self.kv.scratch, 1.0, axis=-1)}
 
     def signals(self, logits: np.ndarray, weights: np.ndarray,
                 hidden: np.ndarray | None = None) -> dict[str, np.ndarray]:

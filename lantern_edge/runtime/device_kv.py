@@ -92,7 +92,7 @@ class DevicePass:
         self.block_bindings = [[[self._bind(session, {
             "hidden": self.hidden[p], "positions": self.position,
             "past_key": (self.keys[b], i), "past_value": (self.values[b], i),
-            "attn_bias": self.bias, **engine.stored_slots},
+            "attn_bias": self.bias, **seq.stored_slots},
             {"hidden_out": self.hidden[1 - p], "key": self.key,
                                       "value": self.value, "halt": self.halt})
             for p in (0, 1)] for i in range(depth)] for b, session in enumerate(engine.blocks)]
@@ -219,6 +219,6 @@ class DevicePass:
             "hidden": np.ascontiguousarray(step.mc_input, np.float32),
             "positions": np.array([step.position], np.int64),
             "past_key": (self.keys[b], i), "past_value": (self.values[b], i),
-            "attn_bias": bias, **masks, **seq.engine.stored_slots}, {"hidden_out": out})
+            "attn_bias": bias, **masks, **seq.stored_slots}, {"hidden_out": out})
         seq.run_bound("mc_step", seq.engine.mc, binding)
         return out

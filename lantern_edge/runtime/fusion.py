@@ -244,6 +244,10 @@ class FusedGraph:
     outputs: dict[str, str]
     kv: list[tuple[int, int]]               # (block, iteration) in run order
     signals: bool
+    # the blocks attend with GroupQueryAttention on a shared KV buffer (attention.py): inputs
+    # past_key/past_value.{b}.{i} [1, H, K + 1, D], outputs present_key/present_value.{b}.{i}
+    # bound to the same memory, the new rows written into the scratch slot K
+    shared_kv: bool = False
 
 
 def cheap_pass_graph(config, graphs: dict[str, bytes | list[bytes]],
@@ -255,9 +259,11 @@ def cheap_pass_graph(config, graphs: dict[str, bytes | list[bytes]],
     and the outputs entropy, p_max, dispersion, score, and p_benefit with a depth probe).
 
     Inputs: input_ids [1], positions [1], attn_bias [1, K + 1], past_key.{b}.{i} and
-    past_value.{b}.{i} [H, K, D] for every (b, i) of the cheap pass (and weights [3]).
-    Outputs (roles): logits, probabilities (as lm_head_graph's); key.{b}.{i}, value.{b}.{i} (and
-    halt.{b}.{i} with halting heads) of every (b, i); "final" (the last hidden state),
+    past_value.{b}.{i} [H, K, D] for every (b, i) of the cheap pass (and weights [3]); with
+    blocks from attention.shared_kv_block, [1, H, K + 1, D] (FusedGraph.shared_kv).
+    Outputs (roles): logits, probabilities (as lm_head_graph's); key.{b}.{i}, value.{b}.{i}, or
+    present_key.{b}.{i}, present_value.{b}.{i} (and halt.{b}.{i} with halting heads) of every
+    (b, i); "final" (the last hidden state),
     "resume" (what Sequence.deepen continues from), "mc_input" (the input of the last block's
     last iteration), "embedded".
 
@@ -294,7 +300,8 @@ def _cheap_pass_graph(config, graphs, signals: bool) -> FusedGraph:
         kv = {"past_key": f"past_key.{b}.{i}", "past_value": f"past_value.{b}.{i}"}
         for name, as_name in kv.items():
             g.input_like(part, name, as_name)
-        exported = {n: f"{n}.{b}.{i}" for n in ("key", "value", "halt") if n in part.outputs}
+        exported = {n: f"{n}.{b}.{i}" for n in ("key", "value", "halt", "present_key",
+                                                 "present_value") if n in part.outputs}
         out = g.add(part, f"block{b}.{i}", {"hidden": x, "positions": positions,
                                             "attn_bias": bias, **kv}, exported)
         for name, as_name in exported.items():
@@ -334,5 +341,6 @@ def _cheap_pass_graph(config, graphs, signals: bool) -> FusedGraph:
         if name not in declared:
             declared.add(name)
             g.output(infos[role], name)
-    return FusedGraph(g.model("lantern_cheap_pass"), roles, order, signals)
+    return FusedGraph(g.model("lantern_cheap_pass"), roles, order, signals,
+                      "present_key" in blocks[0].outputs)
 

@@ -43,8 +43,12 @@ class Runtime:
         precision: "fp32", or "int8" for the quantized graphs listed in the manifest.
         intra_op_threads: threads per session; None: one (measured fastest, README).
         fuse: decode a token's cheap pass in one call of a graph spliced from the model's
-            graphs at load time (runtime/fusion.py) wherever it computes exactly what the
-            separate calls compute; False: always the separate calls (for comparison).
+            graphs at load time (runtime/fusion.py) wherever it computes what the separate
+            calls compute; False: always the separate calls (for comparison).
+        shared_kv: on fp32, the fused pass attends with one GroupQueryAttention node that
+            writes the new key/value in place (runtime/attention.py; logits within ~1e-5 of
+            the separate calls); False: the exported attention nodes, bitwise equal to the
+            separate calls (for comparison).
 
     Raises:
         ArtifactError: missing or corrupt artifacts (names the file and the fix).
@@ -57,7 +61,7 @@ class Runtime:
 
     def __init__(self, path: str | os.PathLike | None = None, *, providers: list[str] | None = None,
                  precision: str = "fp32", intra_op_threads: int | None = None,
-                 kv_on_device: bool | None = None, fuse: bool = True):
+                 kv_on_device: bool | None = None, fuse: bool = True, shared_kv: bool = True):
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
         if path is None:
@@ -71,7 +75,7 @@ class Runtime:
         self.config = self.artifacts.model_config
         self.precision = precision
         self.engine = Engine(self.artifacts, precision, providers, intra_op_threads,
-                             kv_on_device=kv_on_device, fuse=fuse)
+                             kv_on_device=kv_on_device, fuse=fuse, shared_kv=shared_kv)
         self.controller = Controller(self.config)
         self.tokenizer = load_tokenizer(self.artifacts)
         self.artifacts.blobs.clear()         # the sessions hold their own copies now

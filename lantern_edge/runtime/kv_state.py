@@ -4,6 +4,12 @@ Slots 0..W-1 are the ring (slot = position % W), W..W+G-1 the global buffer in a
 (position 0 and THINK tokens). Every token is written into every (block, iteration), at the
 same slot (carried-KV policy: iterations a token did not run get its deepest computed KV), so
 one table of slot positions serves all buffers. Memory never grows with the sequence.
+
+With `scratch`, one more slot W+G follows the globals: the fused cheap pass's attention
+(fusion.py, GroupQueryAttention on a KV buffer it shares with its output) writes each new
+token's key/value there, and the host moves the row to its slot. It never holds a position,
+so every attention bias masks it, and the graphs that attend over it compute what they would
+without it.
 """
 
 from __future__ import annotations
@@ -15,13 +21,15 @@ from ..model.config import ModelConfig
 
 class KVState:
     """keys/values: [blocks, R, H, W+G, D] arrays to use (views into a batch's shared pool,
-    pool.py); None: new ones."""
+    pool.py); None: new ones, with the scratch slot when `scratch`."""
 
     def __init__(self, config: ModelConfig, keys: np.ndarray | None = None,
-                 values: np.ndarray | None = None):
+                 values: np.ndarray | None = None, scratch: bool = False):
         self.window = config.window_size
         self.globals = config.max_global_tokens
-        stored = self.window + self.globals
+        scratch = scratch and keys is None
+        stored = self.window + self.globals + (1 if scratch else 0)
+        self.scratch = stored - 1 if scratch else None        # the scratch slot, if any
         shape = (config.num_blocks, config.steps_reasoning, config.num_heads, stored,
                  config.head_dim)
         self.keys = np.zeros(shape, np.float32) if keys is None else keys
