@@ -421,3 +421,22 @@ def test_an_attention_that_is_not_the_exporters_keeps_the_spliced_nodes(monkeypa
     b, _ = generate(plain, "def fibonacci(n):", max_new_tokens=16, adaptive=False)
     assert calls["fused"] == 15 and a.token_ids == b.token_ids and traces(a) == traces(b)
     assert Runtime(precision="int8").engine.spliced_attention.startswith("INT8 keeps")
+
+
+def test_a_groupqueryattention_onnxruntime_cannot_load_falls_back_to_the_exported(monkeypatch):
+    """An onnxruntime that cannot run the rewritten attention (here: an op it does not know)
+    loads the fused pass with the exported attention, and says why."""
+    from lantern_edge.runtime import engine as engine_module
+    real = engine_module.shared_kv_block
+
+    def unknown_op(*args):
+        return real(*args).replace(b"GroupQueryAttention", b"GroupQueryAttentioX")
+    monkeypatch.setattr(engine_module, "shared_kv_block", unknown_op)
+    fused = Runtime()
+    assert fused.engine.fused is not None and not fused.engine.kv_scratch
+    assert fused.engine.spliced_attention.startswith("GroupQueryAttention did not load")
+    assert "GroupQueryAttentioX" in fused.engine.spliced_attention
+    plain = Runtime(fuse=False)
+    a, calls = generate(fused, "def fibonacci(n):", max_new_tokens=8, adaptive=False)
+    b, _ = generate(plain, "def fibonacci(n):", max_new_tokens=8, adaptive=False)
+    assert calls["fused"] == 7 and a.token_ids == b.token_ids and traces(a) == traces(b)

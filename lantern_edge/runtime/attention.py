@@ -6,9 +6,10 @@ MatMuls with the values, Add, Transpose and Reshape. For the fused cheap pass (o
 fusion.py) `shared_kv_block` replaces them with ONNX Runtime's GroupQueryAttention (com.microsoft),
 which runs the same arithmetic in one kernel, parallel over heads, and writes the new key and
 value in place into a KV buffer of K + 1 slots: the stored slots and the scratch slot of
-kv_state.py, where the host picks the new row up. Measured on the shipped model, the graph
-call costs 5-15% less (docs/PERFORMANCE.md); the logits agree with the exported attention to
-about 1e-5 (tests/test_fused.py).
+kv_state.py, where the host picks the new row up. On the shipped fp32 model a token costs
+about the same at one intra-op thread and up to 1.36x less at two, where ORT splits each of
+the exported small nodes across its pool (benchmarks/bench_attention.py, docs/PERFORMANCE.md);
+the logits agree with the exported attention to about 1e-5 (tests/test_fused.py).
 
 The replacement is made only where the graph is the exporter's attention, checked by shape of
 the graph, not by node names: the region between the rotated q/k and v and the attention

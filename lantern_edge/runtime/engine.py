@@ -16,6 +16,7 @@ import struct
 import numpy as np
 import onnxruntime as ort
 
+from ..errors import ArtifactError
 from .artifacts import Artifacts
 from .device_kv import kv_write_model
 from .attention import shared_kv_block
@@ -168,25 +169,34 @@ class Engine:
                 "shared_kv=False" if not shared_kv else self.unbatchable or (
                     None if precision == "fp32" else "INT8 keeps the exported attention "
                                                      "(bitwise equal to the separate calls)"))
+            candidates = [graphs["blocks"]]           # the exported blocks, last
             if self.spliced_attention is None:
                 try:
-                    graphs["blocks"] = [shared_kv_block(g, stored, cfg.num_heads, cfg.head_dim)
-                                        for g in graphs["blocks"]]
+                    candidates.insert(0, [shared_kv_block(g, stored, cfg.num_heads, cfg.head_dim)
+                                          for g in graphs["blocks"]])
                 except ValueError as e:
                     self.spliced_attention = str(e)
-            try:
-                if len({path.parent for path in where}) != 1:
-                    # their external-data locations are relative to their own directories
-                    raise ValueError("the graphs to splice are not in one directory")
-                fused = [cheap_pass_graph(cfg, graphs, signals) for signals in (False, True)]
-            except ValueError as e:             # not graphs we can splice: separate calls
-                self.unfused = str(e)
-            else:
-                where = artifacts.graph(precision, "embed")     # its directory's external data
-                # a token is one call of one of these: with 2+ threads their pool spins between
-                # the calls (no other session's pool is waiting on the cores): +4% fp32, +8%
-                # INT8 in median tok/s over three interleaved runs, noisy (docs/PERFORMANCE.md,
-                # "Thread settings")
-                self.fused = tuple((f, session(where, f.model, spinning=threads > 1))
-                                   for f in fused)
-                self.kv_scratch = fused[0].shared_kv
+            for blocks in candidates:
+                try:
+                    if len({path.parent for path in where}) != 1:
+                        # their external-data locations are relative to their own directories
+                        raise ValueError("the graphs to splice are not in one directory")
+                    fused = [cheap_pass_graph(cfg, {**graphs, "blocks": blocks}, signals)
+                             for signals in (False, True)]
+                    # a token is one call of one of these: with 2+ threads their pool spins
+                    # between the calls (no other session's pool is waiting on the cores): +4%
+                    # fp32, +8% INT8 in median tok/s over three interleaved runs, noisy
+                    # (docs/PERFORMANCE.md, "Thread settings"). From the embed graph's
+                    # directory's external data.
+                    self.fused = tuple((f, session(artifacts.graph(precision, "embed"), f.model,
+                                                   spinning=threads > 1)) for f in fused)
+                except (ValueError, ArtifactError) as e:
+                    if blocks is not candidates[-1]:
+                        # e.g. an onnxruntime whose GroupQueryAttention lacks an input used
+                        # here: the exported attention instead
+                        self.spliced_attention = f"GroupQueryAttention did not load ({e})"
+                        continue
+                    self.unfused = str(e)        # not graphs we can splice: separate calls
+                else:
+                    self.kv_scratch = fused[0].shared_kv
+                break
