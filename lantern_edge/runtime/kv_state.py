@@ -6,10 +6,10 @@ same slot (carried-KV policy: iterations a token did not run get its deepest com
 one table of slot positions serves all buffers. Memory never grows with the sequence.
 
 With `scratch`, one more slot W+G follows the globals: the fused cheap pass's attention
-(fusion.py, GroupQueryAttention on a KV buffer it shares with its output) writes each new
+(attention.py, GroupQueryAttention on a KV buffer it shares with its output) writes each new
 token's key/value there, and the host moves the row to its slot. It never holds a position,
 so every attention bias masks it, and the graphs that attend over it compute what they would
-without it.
+without it (to ~1e-6: their softmax sums one more exact zero, in another order).
 """
 
 from __future__ import annotations
