@@ -440,3 +440,24 @@ def test_a_groupqueryattention_onnxruntime_cannot_load_falls_back_to_the_exporte
     a, calls = generate(fused, "def fibonacci(n):", max_new_tokens=8, adaptive=False)
     b, _ = generate(plain, "def fibonacci(n):", max_new_tokens=8, adaptive=False)
     assert calls["fused"] == 7 and a.token_ids == b.token_ids and traces(a) == traces(b)
+
+
+def test_a_rewrite_that_computes_something_else_is_caught_at_load(monkeypatch):
+    """The exporter's nodes with other arithmetic (here GroupQueryAttention scaled by 0.5): the
+    load-time check against the exported block refuses it, with the difference, and the fused
+    pass keeps the exported attention."""
+    import struct
+    from lantern_edge.runtime import engine as engine_module
+    from lantern_edge.runtime.protobuf import bytes_field, varint
+    real = engine_module.shared_kv_block
+    scale = bytes_field(1, "scale") + varint(2 << 3 | 5)
+
+    def halved(*args):
+        graph = real(*args)
+        assert graph.count(scale + struct.pack("<f", 1.0)) == 1
+        return graph.replace(scale + struct.pack("<f", 1.0), scale + struct.pack("<f", 0.5))
+    monkeypatch.setattr(engine_module, "shared_kv_block", halved)
+    runtime = Runtime()
+    assert runtime.engine.fused is not None and not runtime.engine.kv_scratch
+    assert runtime.engine.spliced_attention.startswith(
+        "the rewritten attention differs from the exported one by")

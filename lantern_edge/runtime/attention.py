@@ -15,7 +15,9 @@ The replacement is made only where the graph is the exporter's attention, checke
 the graph, not by node names: the region between the rotated q/k and v and the attention
 output has exactly the exporter's nodes, no scaling (the exporter folds 1/sqrt(d) into the q
 weights), q heads before k heads. Anything else raises ValueError, and the fused pass keeps the
-spliced attention.
+spliced attention. At load the engine also runs each rewritten block against its exported
+graph on one random token (`check_shared_kv_block`): a graph with the exporter's nodes but
+other arithmetic is refused there, by its difference.
 """
 
 from __future__ import annotations
@@ -197,3 +199,41 @@ def _shared_kv_block(graph: bytes, stored: int, heads: int, head_dim: int) -> by
     g.opsets = {**part.opsets, CONTRIB: 1}
     g.ir_version = part.ir_version
     return g.model("lantern_block_shared_kv")
+
+
+def check_shared_kv_block(exported, rewritten, stored: int, heads: int, head_dim: int,
+                          hidden_size: int, slots_input: str, tolerance: float = 1e-4) -> float:
+    """Run one block's exported session (its stored-slot axis variable, input `slots_input`;
+    fed stored + 1 slots, the last masked) and its shared_kv_block session on the same random
+    token and KV; return the largest difference of the hidden state and the new key/value.
+
+    Raises:
+        ValueError: they differ by more than `tolerance`: the rewrite matched the exporter's
+            nodes but not what they compute (the runtime then keeps the exported attention).
+    """
+    import numpy as np                      # the runtime's own dependency; kept local to the check
+
+    rng = np.random.default_rng(0)
+    slots = stored + 1
+    hidden = rng.standard_normal((1, 1, hidden_size)).astype(np.float32)
+    keys, values = (rng.standard_normal((heads, slots, head_dim)).astype(np.float32)
+                    for _ in range(2))
+    bias = np.zeros((1, slots + 1), np.float32)          # stored slots | scratch | the token
+    bias[0, stored // 3:stored // 2] = -np.inf
+    bias[0, stored] = -np.inf
+    positions = np.array([stored // 2], np.int64)
+    reference = dict(zip([o.name for o in exported.get_outputs()], exported.run(None, {
+        "hidden": hidden, "positions": positions, "past_key": keys, "past_value": values,
+        "attn_bias": bias, slots_input: np.array([slots], np.int64)})))
+    names = [o.name for o in rewritten.get_outputs()]
+    got = dict(zip(names, rewritten.run(None, {
+        "hidden": hidden, "positions": positions, "past_key": keys[None],
+        "past_value": values[None], "attn_bias": bias})))
+    worst = max(float(np.abs(got["hidden_out"] - reference["hidden_out"]).max()),
+                float(np.abs(got["present_key"][0, :, stored] - reference["key"][0, :, 0]).max()),
+                float(np.abs(got["present_value"][0, :, stored]
+                             - reference["value"][0, :, 0]).max()))
+    if not worst <= tolerance:                           # NaN fails too
+        raise ValueError(f"the rewritten attention differs from the exported one by {worst:.3g} "
+                         f"(more than {tolerance:g})")
+    return worst

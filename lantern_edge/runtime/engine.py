@@ -19,7 +19,7 @@ import onnxruntime as ort
 from ..errors import ArtifactError
 from .artifacts import Artifacts
 from .device_kv import kv_write_model
-from .attention import shared_kv_block
+from .attention import check_shared_kv_block, shared_kv_block
 from .fusion import cheap_pass_graph, lm_head_graph
 from .protobuf import stored_slots_variable
 from .sessions import create_session, verified_bytes
@@ -172,8 +172,18 @@ class Engine:
             candidates = [graphs["blocks"]]           # the exported blocks, last
             if self.spliced_attention is None:
                 try:
-                    candidates.insert(0, [shared_kv_block(g, stored, cfg.num_heads, cfg.head_dim)
-                                          for g in graphs["blocks"]])
+                    rewritten = [shared_kv_block(g, stored, cfg.num_heads, cfg.head_dim)
+                                 for g in graphs["blocks"]]
+                    # once per block at load: the rewrite must compute what the exported
+                    # graph computes (a graph can have the exporter's nodes and not its
+                    # arithmetic), else the exported attention
+                    for path, exported, graph in zip(paths, self.blocks, rewritten):
+                        check_shared_kv_block(exported, session(path, graph), stored,
+                                              cfg.num_heads, cfg.head_dim, cfg.hidden_size,
+                                              SLOTS_INPUT)
+                    candidates.insert(0, rewritten)
+                except ArtifactError as e:     # e.g. an onnxruntime without this kernel
+                    self.spliced_attention = f"GroupQueryAttention did not load ({e})"
                 except ValueError as e:
                     self.spliced_attention = str(e)
             for blocks in candidates:
