@@ -41,7 +41,8 @@ class Runtime:
         path: the artifacts directory or its model.onnx; None: the shipped default model.
         providers: ONNX Runtime execution providers; None: CUDA when available, else CPU.
         precision: "fp32", or "int8" for the quantized graphs listed in the manifest.
-        intra_op_threads: threads per session; None: one (measured fastest, README).
+        intra_op_threads: threads per session; None: one (INT8's fastest here; fp32 decodes
+            1.35-1.5x faster with 2: docs/PERFORMANCE.md, "Thread settings").
         fuse: decode a token's cheap pass in one call of a graph spliced from the model's
             graphs at load time (runtime/fusion.py) wherever it computes what the separate
             calls compute; False: always the separate calls (for comparison).
