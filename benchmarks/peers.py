@@ -176,13 +176,11 @@ def goal(rows: list[dict], tokens: list[int], threads: list[int]) -> str:
              "|---|" + "---|" * len(tokens)]
     verdicts = []
 
-    def ratios(top: str, bottom: str, invert: bool = False) -> list[tuple]:
+    def ratios(top: str, bottom: str) -> list[tuple]:
         out = []
         for n in tokens:
             a = _best_per_round(by_name.get(top), n, threads)
             b = _best_per_round(by_name.get(bottom), n, threads)
-            if invert:
-                a, b = b, a
             pairs = [x / y for x, y in zip(a, b) if x is not None and y is not None]
             seen_a, seen_b = [x for x in a if x is not None], [y for y in b if y is not None]
             best = max(seen_a) / max(seen_b) if seen_a and seen_b else None

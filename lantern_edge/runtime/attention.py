@@ -25,15 +25,14 @@ from __future__ import annotations
 import struct
 from collections import Counter
 
-from .fusion import (ATTR_INT, ATTR_NAME, ATTR_TYPE, NODE_ATTRIBUTE, NODE_OUTPUT, SPLICE_ERRORS,
-                     Composer, Part, _text)
-from .graph_proto import read_varint
-from .protobuf import (FLOAT, INT64, NODE_INPUT, NODE_OP_TYPE, TENSOR_NAME, bytes_field,
-                       encode, fields, int_field, value_info, varint)
+import numpy as np
+
+from .fusion import SPLICE_ERRORS, Composer, Part, _text
+from .protobuf import (ATTR_INTS, ATTR_NAME, FLOAT, INT64, NODE_ATTRIBUTE, NODE_INPUT,
+                       NODE_OP_TYPE, NODE_OUTPUT, encode, fields, node, repeated_ints, tensor,
+                       value_info)
 
 INT32 = 6                                  # onnx TensorProto.DataType
-ATTR_F, ATTR_INTS, ATTR_FLOAT = 2, 8, 1    # AttributeProto: f, ints; its type FLOAT
-NODE_DOMAIN = 7
 CONTRIB = "com.microsoft"
 # the exporter's attention for new tokens over stored slots (see the module docstring)
 EXPORTED_ATTENTION = Counter({"Transpose": 5, "MatMul": 4, "Add": 2, "Slice": 2, "Split": 1,
@@ -41,42 +40,14 @@ EXPORTED_ATTENTION = Counter({"Transpose": 5, "MatMul": 4, "Add": 2, "Slice": 2,
 SOURCES = ("past_key", "past_value", "attn_bias")
 
 
-def _perm(node) -> list[int]:
-    for f, _, v in node:
+def _perm(transpose) -> list[int]:
+    """A Transpose node's perm attribute ([] without one)."""
+    for f, _, v in transpose:
         if f == NODE_ATTRIBUTE:
             attribute = fields(v)
             if _text(attribute, ATTR_NAME) == ["perm"]:
-                values = []
-                for g, wire, x in attribute:
-                    if g == ATTR_INTS and wire == 0:
-                        values.append(x)
-                    elif g == ATTR_INTS and wire == 2:       # packed
-                        pos = 0
-                        while pos < len(x):
-                            item, pos = read_varint(x, pos)
-                            values.append(item)
-                return values
+                return repeated_ints(attribute, ATTR_INTS)
     return []
-
-
-def _tensor(name: str, elem_type: int, dims: list[int], raw: bytes) -> bytes:
-    return (b"".join(int_field(1, d) for d in dims) + int_field(2, elem_type)
-            + bytes_field(TENSOR_NAME, name) + bytes_field(9, raw))
-
-
-def _node(op: str, inputs: list[str], outputs: list[str], name: str, domain: str = "",
-          ints: dict[str, int] | None = None, floats: dict[str, float] | None = None) -> list:
-    attributes = [bytes_field(ATTR_NAME, key) + int_field(3, value) + int_field(ATTR_TYPE, ATTR_INT)
-                  for key, value in (ints or {}).items()]
-    attributes += [bytes_field(ATTR_NAME, key) + varint(ATTR_F << 3 | 5)      # fixed32
-                   + struct.pack("<f", value) + int_field(ATTR_TYPE, ATTR_FLOAT)
-                   for key, value in (floats or {}).items()]
-    message = (b"".join(bytes_field(NODE_INPUT, i) for i in inputs)
-               + b"".join(bytes_field(NODE_OUTPUT, o) for o in outputs)
-               + bytes_field(3, name) + bytes_field(NODE_OP_TYPE, op)
-               + b"".join(bytes_field(NODE_ATTRIBUTE, a) for a in attributes)
-               + (bytes_field(NODE_DOMAIN, domain) if domain else b""))
-    return fields(message)
 
 
 def _region(part: Part) -> tuple[str, str, str, set[int]]:
@@ -161,17 +132,17 @@ def _shared_kv_block(graph: bytes, stored: int, heads: int, head_dim: int) -> by
                  "gqa.seqlens_k": (INT32, [1], struct.pack("<i", stored)),
                  "gqa.total_length": (INT32, [], struct.pack("<i", slots))}
     replacement = [
-        _node("Concat", [qk, v], ["gqa/qkv_heads"], "gqa/Concat", ints={"axis": 2}),
-        _node("Reshape", ["gqa/qkv_heads", "gqa.packed_shape"], ["gqa/qkv"], "gqa/Reshape"),
+        node("Concat", [qk, v], ["gqa/qkv_heads"], "gqa/Concat", ints={"axis": 2}),
+        node("Reshape", ["gqa/qkv_heads", "gqa.packed_shape"], ["gqa/qkv"], "gqa/Reshape"),
         # the bias row [stored slots | scratch slot | the token] becomes [stored | the token]:
         # the kernel puts the token in the scratch slot, and a token always sees itself
-        _node("Slice", ["attn_bias", "gqa.stored_start", "gqa.stored_end", "gqa.bias_axis"],
+        node("Slice", ["attn_bias", "gqa.stored_start", "gqa.stored_end", "gqa.bias_axis"],
               ["gqa/stored_bias"], "gqa/BiasSlice"),
-        _node("Concat", ["gqa/stored_bias", "gqa.self_bias"], ["gqa/token_bias"],
+        node("Concat", ["gqa/stored_bias", "gqa.self_bias"], ["gqa/token_bias"],
               "gqa/BiasConcat", ints={"axis": 1}),
-        _node("Reshape", ["gqa/token_bias", "gqa.bias_shape"], ["gqa/bias"], "gqa/BiasReshape"),
+        node("Reshape", ["gqa/token_bias", "gqa.bias_shape"], ["gqa/bias"], "gqa/BiasReshape"),
         # the exporter folds 1/sqrt(D) into the q weights: scale 1
-        _node("GroupQueryAttention",
+        node("GroupQueryAttention",
               ["gqa/qkv", "", "", "past_key", "past_value", "gqa.seqlens_k", "gqa.total_length",
                "", "", "", "gqa/bias"], [out, "present_key", "present_value"],
               "gqa/GroupQueryAttention", CONTRIB,
@@ -179,14 +150,14 @@ def _shared_kv_block(graph: bytes, stored: int, heads: int, head_dim: int) -> by
               floats={"scale": 1.0})]
     last = max(region)
     g = Composer()
-    for k, node in enumerate(part.nodes):
+    for k, original in enumerate(part.nodes):
         if k == last:
-            g.nodes += [encode(n) for n in replacement]
+            g.nodes += replacement
         elif k not in region:
-            g.nodes.append(encode(node))
-    used = {name for node in g.nodes for name in _text(fields(node), NODE_INPUT)}
-    g.initializers = {name: tensor for name, tensor in part.initializers.items() if name in used}
-    g.initializers.update((name, _tensor(name, kind, dims, raw))
+            g.nodes.append(encode(original))
+    used = {name for message in g.nodes for name in _text(fields(message), NODE_INPUT)}
+    g.initializers = {name: proto for name, proto in part.initializers.items() if name in used}
+    g.initializers.update((name, tensor(name, kind, dims, raw))
                           for name, (kind, dims, raw) in constants.items())
     kv_shape = [1, heads, slots, head_dim]
     for name, info in part.inputs.items():
@@ -211,8 +182,6 @@ def check_shared_kv_block(exported, rewritten, stored: int, heads: int, head_dim
         ValueError: they differ by more than `tolerance`: the rewrite matched the exporter's
             nodes but not what they compute (the runtime then keeps the exported attention).
     """
-    import numpy as np                      # the runtime's own dependency; kept local to the check
-
     rng = np.random.default_rng(0)
     slots = stored + 1
     hidden = rng.standard_normal((1, 1, hidden_size)).astype(np.float32)

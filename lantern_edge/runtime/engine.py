@@ -152,10 +152,12 @@ class Engine:
         self.spliced_attention: str | None = "no fused pass"  # why not GroupQueryAttention
         self.unfused = ("fuse=False" if not fuse else None if self.bind_host
                         else "the fused pass runs on the CPU provider with the KV on the host")
+        roles = ("embed", "lm_head", "uncertainty") + (("inject",) if cfg.input_injection else ())
+        where = [artifacts.graph(precision, role) for role in roles] + paths[:-1]
+        if self.unfused is None and len({path.parent for path in where}) != 1:
+            # their external-data locations are relative to their own directories
+            self.unfused = "the graphs to splice are not in one directory"
         if self.unfused is None:
-            roles = ("embed", "lm_head", "uncertainty") + (
-                ("inject",) if cfg.input_injection else ())
-            where = [artifacts.graph(precision, role) for role in roles] + paths[:-1]
             graphs = {role: verified_bytes(artifacts, path) for role, path in zip(roles, where)}
             graphs["blocks"] = [verified_bytes(artifacts, p) for p in paths[:-1]]
             # the blocks' attention as one GroupQueryAttention on a KV buffer with a scratch
@@ -188,9 +190,6 @@ class Engine:
                     self.spliced_attention = str(e)
             for blocks in candidates:
                 try:
-                    if len({path.parent for path in where}) != 1:
-                        # their external-data locations are relative to their own directories
-                        raise ValueError("the graphs to splice are not in one directory")
                     fused = [cheap_pass_graph(cfg, {**graphs, "blocks": blocks}, signals)
                              for signals in (False, True)]
                     # a token is one call of one of these: with 2+ threads their pool spins
@@ -204,7 +203,8 @@ class Engine:
                     if blocks is not candidates[-1]:
                         # e.g. an onnxruntime whose GroupQueryAttention lacks an input used
                         # here: the exported attention instead
-                        self.spliced_attention = f"GroupQueryAttention did not load ({e})"
+                        self.spliced_attention = f"the fused graph with GroupQueryAttention " \
+                                                 f"failed ({e})"
                         continue
                     self.unfused = str(e)        # not graphs we can splice: separate calls
                 else:

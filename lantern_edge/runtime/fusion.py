@@ -27,14 +27,13 @@ from dataclasses import dataclass, field
 
 from .graph_proto import ProtoError
 from .protobuf import (FLOAT, GRAPH_INITIALIZER, GRAPH_INPUT, GRAPH_NODE, INT64, MODEL_GRAPH,
-                       NODE_INPUT, NODE_OP_TYPE, TENSOR_NAME, VALUE_NAME, bytes_field, encode,
-                       fields, int_field, value_info)
+                       NODE_ATTRIBUTE, NODE_INPUT, NODE_NAME, NODE_OP_TYPE, NODE_OUTPUT,
+                       TENSOR_NAME, VALUE_NAME, bytes_field, encode, fields, int_field, node,
+                       tensor, value_info)
 
 MODEL_IR, MODEL_OPSET = 1, 8
 GRAPH_OUTPUT, GRAPH_VALUE_INFO, GRAPH_SPARSE = 12, 13, 15
-NODE_OUTPUT, NODE_NAME, NODE_ATTRIBUTE = 2, 3, 5
-ATTR_G, ATTR_GRAPHS = 6, 11
-ATTR_NAME, ATTR_I, ATTR_TYPE, ATTR_INT = 1, 3, 20, 2      # AttributeProto: name, i, type, INT
+ATTR_G, ATTR_GRAPHS = 6, 11                               # AttributeProto: g, graphs
 PROBABILITIES = "probabilities"
 # what reading or splicing graph bytes raises when they are not what the exporter writes
 SPLICE_ERRORS = (ProtoError, KeyError, IndexError, StopIteration, UnicodeDecodeError,
@@ -80,14 +79,14 @@ class Part:
             raise ValueError(f"{label}: no graph in the model")
         for number, _, value in fields(graph):
             if number == GRAPH_NODE:
-                node = fields(value)
+                message = fields(value)
                 if any(f == NODE_ATTRIBUTE and any(g in (ATTR_G, ATTR_GRAPHS)
                                                    for g, _, _ in fields(v))
-                       for f, _, v in node):
+                       for f, _, v in message):
                     raise ValueError(f"{label}: a node with a subgraph cannot be spliced")
-                part.nodes.append(node)
-                if _text(node, NODE_OP_TYPE) == ["DequantizeLinear"]:
-                    part.dequantized.update(_text(node, NODE_INPUT))
+                part.nodes.append(message)
+                if _text(message, NODE_OP_TYPE) == ["DequantizeLinear"]:
+                    part.dequantized.update(_text(message, NODE_INPUT))
             elif number == GRAPH_INITIALIZER:
                 part.initializers[_text(fields(value), TENSOR_NAME)[0]] = value
             elif number == GRAPH_SPARSE:
@@ -143,7 +142,7 @@ class Composer:
             raise ValueError(f"{part.label}: inputs {missing} are not connected")
         names = {**{n: f"{prefix}/{n}" for n in part.outputs}, **(outputs or {})}
         weights = dict(self._initializer_names(part))
-        for name in part.dequantized & part.initializers.keys():
+        for name in sorted(part.dequantized & part.initializers.keys()):   # reproducible bytes
             # a quantized weight is read once per instance: ORT fuses each DequantizeLinear
             # into the MatMul it feeds (MatMulNBits) only when it has that one consumer, and the
             # separate graphs get that kernel, so the fused graph must get it too (bitwise
@@ -161,9 +160,9 @@ class Composer:
                 return names.get(name, name)
             return f"{prefix}/{name}"
 
-        for node in part.nodes:
+        for original in part.nodes:
             edited = []
-            for f, w, v in node:
+            for f, w, v in original:
                 if f in (NODE_INPUT, NODE_OUTPUT, NODE_NAME) and w == 2:
                     text = bytes(v).decode()
                     v = (f"{prefix}/{text}" if f == NODE_NAME else value(text)).encode()
@@ -173,11 +172,7 @@ class Composer:
 
     def node(self, op: str, inputs: list[str], output: str, **attributes: int) -> None:
         """A node of the default domain; attributes: non-negative ints."""
-        encoded = b"".join(bytes_field(NODE_ATTRIBUTE, bytes_field(ATTR_NAME, name)
-                                       + int_field(ATTR_I, value) + int_field(ATTR_TYPE, ATTR_INT))
-                           for name, value in attributes.items())
-        self.nodes.append(b"".join(bytes_field(1, i) for i in inputs) + bytes_field(2, output)
-                          + bytes_field(3, f"fused/{output}") + bytes_field(4, op) + encoded)
+        self.nodes.append(node(op, inputs, [output], f"fused/{output}", ints=attributes))
 
     def probabilities(self, logits: str, output: str) -> None:
         """output [S, T, V] = the softmax over the vocabulary of logits [S, T, V], from which
@@ -186,9 +181,8 @@ class Composer:
         self.node("Softmax", [logits], output, axis=2)
 
     def int64_constant(self, name: str, values: list[int]) -> str:
-        self.initializers[name] = (int_field(1, len(values)) + int_field(2, INT64)
-                                   + bytes_field(TENSOR_NAME, name)
-                                   + bytes_field(9, struct.pack(f"<{len(values)}q", *values)))
+        self.initializers[name] = tensor(name, INT64, [len(values)],
+                                         struct.pack(f"<{len(values)}q", *values))
         return name
 
     def input_like(self, part: Part, name: str, as_name: str | None = None) -> str:

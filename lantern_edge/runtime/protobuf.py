@@ -18,7 +18,9 @@ FLOAT, INT64 = 1, 7                       # onnx TensorProto.DataType
 # field numbers (onnx.proto3)
 MODEL_GRAPH = 7
 GRAPH_NODE, GRAPH_INITIALIZER, GRAPH_INPUT = 1, 5, 11
-NODE_INPUT, NODE_OP_TYPE = 1, 4
+NODE_INPUT, NODE_OUTPUT, NODE_NAME, NODE_OP_TYPE, NODE_ATTRIBUTE, NODE_DOMAIN = 1, 2, 3, 4, 5, 7
+ATTR_NAME, ATTR_F, ATTR_I, ATTR_INTS, ATTR_TYPE = 1, 2, 3, 8, 20     # AttributeProto fields
+ATTR_FLOAT, ATTR_INT = 1, 2                                          # AttributeProto.type
 TENSOR_DIMS, TENSOR_TYPE, TENSOR_INT64, TENSOR_NAME, TENSOR_RAW = 1, 2, 7, 8, 9
 VALUE_NAME, VALUE_TYPE = 1, 2
 
@@ -49,9 +51,27 @@ def value_info(name: str, elem_type: int, dims: list[str | int]) -> bytes:
     return bytes_field(VALUE_NAME, name) + bytes_field(VALUE_TYPE, bytes_field(1, tensor))
 
 
-def node(op: str, inputs: list[str], outputs: list[str]) -> bytes:
-    return (b"".join(bytes_field(1, i) for i in inputs) + b"".join(bytes_field(2, o) for o in outputs)
-            + bytes_field(3, f"{op}_{outputs[0]}") + bytes_field(4, op))
+def node(op: str, inputs: list[str], outputs: list[str], name: str | None = None,
+         domain: str = "", ints: dict[str, int] | None = None,
+         floats: dict[str, float] | None = None) -> bytes:
+    """NodeProto; name: f"{op}_{first output}" unless given; int and float attributes (ints
+    non-negative)."""
+    attributes = [bytes_field(ATTR_NAME, key) + int_field(ATTR_I, value)
+                  + int_field(ATTR_TYPE, ATTR_INT) for key, value in (ints or {}).items()]
+    attributes += [bytes_field(ATTR_NAME, key) + varint(ATTR_F << 3 | 5)      # fixed32
+                   + struct.pack("<f", value) + int_field(ATTR_TYPE, ATTR_FLOAT)
+                   for key, value in (floats or {}).items()]
+    return (b"".join(bytes_field(NODE_INPUT, i) for i in inputs)
+            + b"".join(bytes_field(NODE_OUTPUT, o) for o in outputs)
+            + bytes_field(NODE_NAME, name or f"{op}_{outputs[0]}") + bytes_field(NODE_OP_TYPE, op)
+            + b"".join(bytes_field(NODE_ATTRIBUTE, a) for a in attributes)
+            + (bytes_field(NODE_DOMAIN, domain) if domain else b""))
+
+
+def tensor(name: str, elem_type: int, dims: list[int], raw: bytes) -> bytes:
+    """TensorProto holding raw little-endian data."""
+    return (b"".join(int_field(TENSOR_DIMS, d) for d in dims) + int_field(TENSOR_TYPE, elem_type)
+            + bytes_field(TENSOR_NAME, name) + bytes_field(TENSOR_RAW, raw))
 
 
 # --- reading (graph_proto.py's reader) -------------------------------------------------------------
@@ -78,20 +98,26 @@ def _strings(message, field: int) -> list[str]:
     return [v.decode() for f, w, v in message if f == field and w == 2]
 
 
-def _int64s(tensor) -> list[int]:
+def repeated_ints(message, number: int) -> list[int]:
+    """A repeated int64 field of a message (fields), packed or not, signed."""
     values = []
-    for field, wire, value in tensor:
-        if field == TENSOR_RAW:
-            values += list(struct.unpack(f"<{len(value) // 8}q", value))
-        elif field == TENSOR_INT64:
-            if wire == 0:
-                values.append(value)
-            else:                                    # packed
-                pos = 0
-                while pos < len(value):
-                    item, pos = read_varint(value, pos)
-                    values.append(item)
+    for field, wire, value in message:
+        if field != number:
+            continue
+        if wire == 0:
+            values.append(value)
+        else:                                        # packed
+            pos = 0
+            while pos < len(value):
+                item, pos = read_varint(value, pos)
+                values.append(item)
     return [v - (1 << 64) if v >= 1 << 63 else v for v in values]
+
+
+def _int64s(tensor) -> list[int]:
+    raw = [v for f, _, v in tensor if f == TENSOR_RAW]
+    return (list(struct.unpack(f"<{len(raw[0]) // 8}q", raw[0])) if raw
+            else repeated_ints(tensor, TENSOR_INT64))
 
 
 def stored_slots_variable(model: bytes, stored: int, inputs=("past_key", "past_value"),
