@@ -462,3 +462,44 @@ def test_a_rewrite_that_computes_something_else_is_caught_at_load(monkeypatch):
     assert runtime.engine.fused is not None and not runtime.engine.kv_scratch
     assert runtime.engine.spliced_attention.startswith(
         "the rewritten attention differs from the exported one by")
+
+
+@pytest.mark.parametrize("precision", ["fp32", "int8"])
+def test_mc_pass_is_the_mc_step_then_the_lm_head_in_one_call(precision, monkeypatch):
+    """The high band's MC samples: the MC step and the LM head spliced into one graph
+    (fusion.mc_pass_graph) give the logits of the two graphs run one after the other, and the
+    softmax of each sample; one call where there were two. A graph that cannot be spliced
+    keeps the two calls."""
+    from lantern_edge.runtime import engine as engine_module
+    from lantern_edge.runtime.controller import dropout_masks
+    from lantern_edge.runtime.fusion import mc_pass_graph
+
+    def samples(engine):
+        seq = Sequence(engine)
+        step = seq.feed(Runtime().encode("def parse(line):").tolist(), engine.config.steps_base)
+        masks = dropout_masks(engine.config, 5, seq.kv.window + seq.kv.globals, 7,
+                              step.position)
+        before = dict(seq.timer.calls_by_graph)
+        out = seq.mc_distributions(step, masks)
+        calls = {k: v - before.get(k, 0) for k, v in seq.timer.calls_by_graph.items()}
+        return out, {k: v for k, v in calls.items() if v}
+
+    artifacts = lambda: open_artifacts(DEFAULT_MODEL_DIR, precision)    # noqa: E731
+    (logits, probs), calls = samples(Engine(artifacts(), precision))
+    assert calls == {"mc_step": 1} and logits.shape == probs.shape == (5, 4096)
+    with pytest.raises(ValueError, match="cannot be spliced"):
+        mc_pass_graph(b"\x00garbage", b"", 4096)
+
+    def refuse(*args):
+        raise ValueError("the MC step and the LM head cannot be spliced (test)")
+    monkeypatch.setattr(engine_module, "mc_pass_graph", refuse)
+    separate = Engine(artifacts(), precision)
+    assert not separate.mc_has_head
+    (want, want_probs), calls = samples(separate)
+    assert calls == {"mc_step": 1, "lm_head": 1}
+    assert np.array_equal(logits, want) and np.array_equal(probs, want_probs)
+    rows = want.astype(np.float64)
+    expected = np.exp(rows - rows.max(-1, keepdims=True))
+    np.testing.assert_allclose(probs, expected / expected.sum(-1, keepdims=True), rtol=1e-5,
+                               atol=1e-7)
+    assert np.abs(logits[0] - logits[1]).max() > 1e-3                  # the samples differ

@@ -25,7 +25,7 @@ import torch
 from ..model.counterfactual import capture, solo
 from ..model.modeling import LanternModel
 from ..runtime.controller import dropout_masks
-from ..runtime.sampling import mc_summary
+from ..runtime.sampling import mc_summary, softmax
 
 # Logits per chunk kept in memory at once (rows x T x V floats): 64 MB in float32, twice that
 # for the float64 log-softmax; bounds memory whatever the model's vocabulary.
@@ -219,7 +219,7 @@ def monte_carlo(model: LanternModel, inputs: torch.Tensor, targets: torch.Tensor
         info = np.empty(logits.shape[:2])
         for w in range(logits.shape[0]):
             for t in range(length):
-                mean[w, t], info[w, t] = mc_summary(logits[w, t])
+                mean[w, t], info[w, t] = mc_summary(softmax(logits[w, t]))
         log_mean = torch.from_numpy(np.log(np.maximum(mean, 1e-30)))
         parts.append(outcome_of_log_probs(log_mean, targets[rows], cfg.think_token_id))
         information.append(info)

@@ -118,7 +118,7 @@ def _check_parity(model: LanternModel, root: str | Path) -> dict[str, float]:
 
     # 2. MC dropout: the newest token's final iteration of the last block, shared masks
     masks = keep_masks(cfg, 3, 1, np.random.default_rng(1))
-    mc_logits = engine.mc_logits(step, masks)
+    mc_logits = engine.mc_distributions(step, masks)[0]
     b, i = cfg.num_blocks - 1, step.iterations[-1] - 1
     with torch.no_grad():
         out = reference.block_step(b, i, torch.from_numpy(step.mc_input),

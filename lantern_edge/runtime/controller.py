@@ -73,8 +73,10 @@ def dropout_masks(config: ModelConfig, samples: int, stored: int, seed: int,
     rng = np.random.default_rng([seed, position])
     p = config.dropout
 
+    scale = np.float32(1.0 / (1.0 - p))      # the float32 of 1 / (1 - p), as float64 * bool
+
     def keep(*shape):
-        return ((rng.random(shape) >= p) * (1.0 / (1.0 - p))).astype(np.float32)
+        return (rng.random(shape) >= p).astype(np.float32) * scale
     return {"mask_attn_probs": keep(samples, config.num_heads, 1, stored + 1),
             "mask_attn_out": keep(samples, 1, config.hidden_size),
             "mask_mlp_out": keep(samples, 1, config.hidden_size)}
@@ -125,7 +127,8 @@ class Controller:
             stored = self.config.window_size + self.config.max_global_tokens
             masks = [dropout_masks(self.config, gens[k].options.mc_samples, stored,
                                    gens[k].mask_seed, gens[k].step.position) for k in high]
-            for k, samples in zip(high, runner.mc_logits([gens[k] for k in high], masks)):
+            for k, samples in zip(high, runner.mc_probabilities([gens[k] for k in high],
+                                                                masks)):
                 e, options = entries[k], gens[k].options
                 mean, e.u_epistemic = mc_summary(samples)
                 e.mc_samples = options.mc_samples

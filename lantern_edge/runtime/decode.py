@@ -28,6 +28,7 @@ import numpy as np
 
 from .engine import SIGNALS, Engine
 from .kv_state import KVState
+from .sampling import softmax
 
 
 @dataclass
@@ -66,6 +67,17 @@ class CallTimer:
         self.calls += 1
         self.by_graph[name] = self.by_graph.get(name, 0.0) + seconds
         self.calls_by_graph[name] = self.calls_by_graph.get(name, 0) + 1
+
+
+def mc_distributions(engine: Engine, outputs: list[np.ndarray], lm_head
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """Logits and probabilities [S, N, V] from the outputs of a call of engine.mc: its own when
+    it ends in the LM head (fusion.mc_pass_graph), else lm_head(hidden) -> the LM head's
+    outputs; probabilities from NumPy where the LM head has none."""
+    if not engine.mc_has_head:
+        outputs = lm_head(outputs[0])
+    logits = outputs[0]
+    return logits, outputs[1] if len(outputs) > 1 else softmax(logits)
 
 
 class HostPass:
@@ -286,20 +298,25 @@ class Sequence:
                           pass_.state() if cycle else block0, embedded,
                           pass_.final_hidden() if self.engine.has_probe else None, probabilities)
 
-    def mc_logits(self, step: FeedResult, masks: dict[str, np.ndarray]) -> np.ndarray:
-        """[S, V] logits of the newest token's last-block last iteration re-run with masks."""
+    def mc_distributions(self, step: FeedResult, masks: dict[str, np.ndarray]
+                         ) -> tuple[np.ndarray, np.ndarray]:
+        """[S, V] logits and probabilities of the newest token's last-block last iteration
+        re-run with masks."""
         if self.device is not None:
-            hidden = self.device.mc_hidden(step, masks)
+            out = self.device.mc_outputs(step, masks)
         else:
             b, i = self.config.num_blocks - 1, step.iterations[-1] - 1
             positions = np.array([step.position], dtype=np.int64)
             bias = self.kv.attn_bias(positions, np.array([step.is_global]))
-            hidden = self.run("mc_step", self.engine.mc, {
+            out = self.run("mc_step", self.engine.mc, {
                 "hidden": step.mc_input, "positions": positions,
                 "past_key": np.ascontiguousarray(self.kv.keys[b, i]),
                 "past_value": np.ascontiguousarray(self.kv.values[b, i]), "attn_bias": bias,
-                **self._scratch_masks(masks), **self.stored_slots})[0]
-        return self.run("lm_head", self.engine.lm_head, {"hidden": hidden})[0][:, 0]
+                **self._scratch_masks(masks), **self.stored_slots})
+        logits, probabilities = mc_distributions(
+            self.engine, out, lambda hidden: self.run("lm_head", self.engine.lm_head,
+                                                      {"hidden": hidden}))
+        return logits[:, 0], probabilities[:, 0]
 
     def _scratch_masks(self, masks: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """The controller's dropout masks (one column per stored slot and the token itself)
@@ -307,8 +324,10 @@ class Sequence:
         same draws as without it, so a generation's MC numbers do not depend on its state."""
         if self.kv.scratch is None:
             return masks
-        probs = masks["mask_attn_probs"]
-        return {**masks, "mask_attn_probs": np.insert(probs, self.kv.scratch, 1.0, axis=-1)}
+        probs, at = masks["mask_attn_probs"], self.kv.scratch
+        out = np.empty(probs.shape[:-1] + (probs.shape[-1] + 1,), np.float32)
+        out[..., :at], out[..., at], out[..., at + 1:] = probs[..., :at], 1.0, probs[..., at:]
+        return {**masks, "mask_attn_probs": out}
 
     def signals(self, logits: np.ndarray, weights: np.ndarray,
                 hidden: np.ndarray | None = None) -> dict[str, np.ndarray]:
@@ -341,8 +360,8 @@ class Single:
                                    None if step.hidden is None else step.hidden[-1:])
 
     @staticmethod
-    def mc_logits(gens: list, masks: list[dict]) -> list[np.ndarray]:
-        return [gens[0].seq.mc_logits(gens[0].step, masks[0])]
+    def mc_probabilities(gens: list, masks: list[dict]) -> list[np.ndarray]:
+        return [gens[0].seq.mc_distributions(gens[0].step, masks[0])[1]]
 
     @staticmethod
     def feed(seqs: list[Sequence], tokens: list[int], depth: int,

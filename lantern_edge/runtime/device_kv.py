@@ -208,17 +208,20 @@ class DevicePass:
         return (self.logits[0], self.position_, self.is_global, mc_input,
                 None if self.probabilities is None else self.probabilities[0, 0])
 
-    def mc_hidden(self, step: FeedResult, masks: dict[str, np.ndarray]) -> np.ndarray:
-        """mc_step's hidden_out [S, 1, C] for the newest token, reading the device KV."""
+    def mc_outputs(self, step: FeedResult, masks: dict[str, np.ndarray]) -> list[np.ndarray]:
+        """The outputs of engine.mc for the newest token, reading the device KV: logits and
+        probabilities [S, 1, V] (engine.mc_has_head), else mc_step's hidden_out [S, 1, C]."""
         seq, kv, cfg = self.seq, self.seq.kv, self.seq.config
         b, i = cfg.num_blocks - 1, step.iterations[-1] - 1
         bias = kv.attn_bias(np.array([step.position]), np.array([step.is_global]))
         samples = masks["mask_attn_out"].shape[0]
-        out = np.zeros((samples, 1, cfg.hidden_size), np.float32)
+        shapes = ({"logits": cfg.vocab_size, "probabilities": cfg.vocab_size}
+                  if seq.engine.mc_has_head else {"hidden_out": cfg.hidden_size})
+        out = {name: np.zeros((samples, 1, width), np.float32) for name, width in shapes.items()}
         binding = self._bind(seq.engine.mc, {
             "hidden": np.ascontiguousarray(step.mc_input, np.float32),
             "positions": np.array([step.position], np.int64),
             "past_key": (self.keys[b], i), "past_value": (self.values[b], i),
-            "attn_bias": bias, **masks, **seq.stored_slots}, {"hidden_out": out})
+            "attn_bias": bias, **masks, **seq.stored_slots}, out)
         seq.run_bound("mc_step", seq.engine.mc, binding)
-        return out
+        return list(out.values())

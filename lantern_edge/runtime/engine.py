@@ -20,7 +20,7 @@ from ..errors import ArtifactError
 from .artifacts import Artifacts
 from .device_kv import kv_write_model
 from .attention import check_shared_kv_block, shared_kv_block
-from .fusion import cheap_pass_graph, lm_head_graph
+from .fusion import cheap_pass_graph, lm_head_graph, mc_pass_graph
 from .protobuf import stored_slots_variable
 from .sessions import create_session, verified_bytes
 
@@ -121,6 +121,17 @@ class Engine:
             head = None
         self.lm_head = session(path, head)
         self.has_probabilities = head is not None
+        # the MC step with the LM head in one graph (fusion.mc_pass_graph): a high-band token's
+        # samples in one call; else mc_step's hidden state through the LM head session
+        self.mc_has_head = False
+        if head is not None and path.parent == paths[-1].parent:   # one external-data directory
+            try:
+                self.mc = session(paths[-1], mc_pass_graph(
+                    graphs[-1] or verified_bytes(artifacts, paths[-1]),
+                    verified_bytes(artifacts, path), cfg.vocab_size))
+                self.mc_has_head = True
+            except (ValueError, ArtifactError):
+                pass
         self.uncertainty = session(artifacts.graph(precision, "uncertainty"))
         # models with input injection: h = W [h ; e] as its own small graph (docs/DEPTH.md)
         self.inject = (session(artifacts.graph(precision, "inject"))

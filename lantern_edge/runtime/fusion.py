@@ -230,6 +230,28 @@ def lm_head_graph(graph: bytes, vocab: int) -> bytes:
         raise ValueError(f"the LM head graph cannot be edited ({e!r})") from e
 
 
+def mc_pass_graph(mc_step: bytes, lm_head: bytes, vocab: int) -> bytes:
+    """The MC-dropout step and the LM head as one graph: mc_step's inputs -> logits [S, T, V]
+    and probabilities [S, T, V] (as lm_head_graph's). A high-band token's samples then cost
+    one call instead of two, and their softmax is ONNX Runtime's (Composer.probabilities).
+
+    Raises:
+        ValueError: the graphs cannot be spliced (the runtime then runs them one after the
+            other).
+    """
+    try:
+        mc, head = Part.read("mc_step", mc_step), Part.read("lm_head", lm_head)
+        g = Composer()
+        hidden = g.add(mc, "mc_step", {n: g.input_like(mc, n) for n in mc.inputs})["hidden_out"]
+        logits = g.add(head, "lm_head", {"hidden": hidden}, {"logits": "logits"})["logits"]
+        g.probabilities(logits, PROBABILITIES)
+        g.output(head.outputs["logits"], "logits")
+        g.output(probabilities_info(vocab), PROBABILITIES)
+        return g.model("lantern_mc_pass")
+    except SPLICE_ERRORS as e:
+        raise ValueError(f"the MC step and the LM head cannot be spliced ({e!r})") from e
+
+
 @dataclass
 class FusedGraph:
     """The composed model and where the host finds each value: `outputs` maps a role to the

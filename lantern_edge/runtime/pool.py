@@ -27,7 +27,7 @@ import time
 
 import numpy as np
 
-from .decode import FeedResult, Sequence
+from .decode import FeedResult, Sequence, mc_distributions
 from .engine import SIGNALS, SLOTS_INPUT, Engine
 from .kv_state import KVState
 
@@ -214,9 +214,9 @@ class Pool:
         out = self._run([g.seq for g in gens], "uncertainty", self.engine.uncertainty, feeds)
         return dict(zip(SIGNALS + ("p_benefit",), out))
 
-    def mc_logits(self, gens: list, masks: list[dict]) -> list[np.ndarray]:
-        """[S, V] MC-dropout logits of each generation's newest token; one mc_step call per
-        (shard, iteration, sample count) among them."""
+    def mc_probabilities(self, gens: list, masks: list[dict]) -> list[np.ndarray]:
+        """[S, V] MC-dropout probabilities of each generation's newest token; one mc_step call
+        per (shard, iteration, sample count) among them."""
         out: list = [None] * len(gens)
         groups: dict[tuple[int, int], list[int]] = {}
         for k, (g, m) in enumerate(zip(gens, masks)):
@@ -236,15 +236,16 @@ class Pool:
                 probs[:, :, j, self.width + j] = mask[:, :, k]
             seqs = [gens[x].seq for x in ks]
             b = self.config.num_blocks - 1
-            hidden = self._run(seqs, "mc_step", self.mc, {
+            outputs = self._run(seqs, "mc_step", self.mc, {
                 "hidden": np.concatenate([s.mc_input for s in steps], axis=1),
                 "positions": np.array([s.position for s in steps], np.int64),
                 "past_key": self.keys[shard][b, i], "past_value": self.values[shard][b, i],
                 "attn_bias": self._bias(rows, places), SLOTS_INPUT: self.slots,
                 "mask_attn_probs": probs,
                 "mask_attn_out": np.concatenate([masks[x]["mask_attn_out"] for x in ks], axis=1),
-                "mask_mlp_out": np.concatenate([masks[x]["mask_mlp_out"] for x in ks], axis=1)})[0]
-            logits = self._run(seqs, "lm_head", self.engine.lm_head, {"hidden": hidden})[0]
+                "mask_mlp_out": np.concatenate([masks[x]["mask_mlp_out"] for x in ks], axis=1)})
+            probabilities = mc_distributions(self.engine, outputs, lambda hidden, seqs=seqs: self._run(
+                seqs, "lm_head", self.engine.lm_head, {"hidden": hidden}))[1]
             for j, x in enumerate(ks):
-                out[x] = logits[:, j]
+                out[x] = probabilities[:, j]
         return out

@@ -29,18 +29,17 @@ def entropy(probs: np.ndarray) -> np.ndarray:
     return -(probs * logp).sum(axis=-1)
 
 
-def mc_summary(logits: np.ndarray) -> tuple[np.ndarray, float]:
-    """Mean probabilities p_bar [V] (float64) of S sampled distributions given as logits [S, V],
-    and their mutual information H(p_bar) - mean_s H(p_s) in nats (the epistemic score, >= 0).
+def mc_summary(probabilities: np.ndarray) -> tuple[np.ndarray, float]:
+    """Mean probabilities p_bar [V] (float64) of S sampled distributions [S, V] (float32, each
+    row a softmax: the LM head computes them in the same call as the logits), and their mutual
+    information H(p_bar) - mean_s H(p_s) in nats (the epistemic score, >= 0).
 
-    The S log-softmaxes are computed in float32 (exp/log dominate the cost); sums and the mean
-    distribution are accumulated in float64.
+    The S entropies' logs are taken in float32 (log dominates the cost; a zero probability
+    counts 0 * log(tiny) = 0); sums and the mean distribution are accumulated in float64.
     """
-    shifted = logits - logits.max(axis=-1, keepdims=True)
-    log_probs = shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
-    probs = np.exp(log_probs)
-    sample_entropy = -(probs * log_probs).sum(axis=-1, dtype=np.float64)
-    mean = probs.mean(axis=0, dtype=np.float64)
+    log_probs = np.log(np.maximum(probabilities, np.float32(1e-45)))
+    sample_entropy = -np.einsum("sv,sv->s", probabilities, log_probs, dtype=np.float64)
+    mean = probabilities.mean(axis=0, dtype=np.float64)
     mean /= mean.sum()
     information = float(entropy(mean) - sample_entropy.mean())
     return mean, max(information, 0.0)       # rounding can leave -1e-9 where they agree
