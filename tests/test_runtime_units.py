@@ -108,6 +108,11 @@ def test_dropout_masks_are_scaled_keep_masks_seeded_by_position():
     c = dropout_masks(cfg, 4, 12, seed=3, position=8)
     assert all(np.array_equal(a[k], b[k]) for k in a)
     assert not np.array_equal(a["mask_mlp_out"], c["mask_mlp_out"])
+    # the draws: one generator seeded [seed, position], the three masks drawn in this order
+    rng = np.random.default_rng([3, 7])
+    for name, mask in a.items():
+        expected = ((rng.random(mask.shape) >= 0.25) * (1.0 / 0.75)).astype(np.float32)
+        assert mask.dtype == np.float32 and np.array_equal(mask, expected), name
 
 
 # --- KV bookkeeping ---------------------------------------------------------------------------------
