@@ -6,7 +6,8 @@ Runtime's cost per graph node.
 
 For the shipped model (or --model), greedy, EOS ignored, in one process, rounds interleaved:
 - `stream`: a whole `Runtime.stream()` per token (what an app sees; fixed depth and adaptive);
-- `graph call`: the bound fused cheap-pass call alone, in a loop (what the graph costs);
+- `graph call`: the bound fused cheap-pass call alone, in a loop (what the graph costs), at
+  fixed depth and with the adaptive path's uncertainty head;
 - `python (warm)`: the same stream with the fused call replaced by nothing, so only the runtime's
   own Python runs (controller, KV bookkeeping, detokenizer), with its data in cache. Its tokens
   are meaningless (the logits never change; adaptive: every token held confident); only its
@@ -47,10 +48,11 @@ def stream_us(rt: Runtime, tokens: int, adaptive: bool, **overrides) -> float:
     return (stamps[-1] - stamps[0]) / (len(stamps) - 1) * 1e6
 
 
-def graph_call_us(rt: Runtime, tokens: int) -> float:
+def graph_call_us(rt: Runtime, tokens: int, signals: bool = False) -> float:
+    """The fused call alone; signals: the adaptive path's graph, with the uncertainty head."""
     seq = decode.Sequence(rt.engine)
     seq.feed(rt.encode(PROMPT), rt.config.steps_base)
-    session, binding = seq.fused.bindings[0]
+    session, binding = seq.fused.bindings[signals]
     start = time.perf_counter()
     for _ in range(tokens):
         session.run_with_iobinding(binding)
@@ -125,6 +127,8 @@ def main(argv: list[str] | None = None) -> int:
         "stream, fixed depth": lambda: stream_us(rt, args.tokens, False),
         "stream, adaptive": lambda: stream_us(rt, args.tokens, True),
         "graph call (fused, fixed depth)": lambda: graph_call_us(rt, args.tokens),
+        "graph call (fused, adaptive: with the uncertainty head)":
+            lambda: graph_call_us(rt, args.tokens, signals=True),
         "python (warm), fixed depth": lambda: python_us(rt, args.tokens, False),
         "python (warm), adaptive": lambda: python_us(rt, args.tokens, True),
         "ORT node (Add on 256 floats)": lambda: (chain_us(long) - chain_us(short)) / (NODES - 1),
