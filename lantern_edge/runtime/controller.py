@@ -75,8 +75,8 @@ def dropout_masks(config: ModelConfig, samples: int, stored: int, seed: int,
               "mask_mlp_out": (samples, 1, config.hidden_size)}
     sizes = [math.prod(shape) for shape in shapes.values()]
     # one draw for all three, in this order: the same numbers as one draw per mask (the
-    # generator's doubles come one after the other), in a few NumPy calls, which run cold
-    # after a graph call (~50 us warm, ~250 us cold for one draw each)
+    # generator's doubles come one after the other), in three NumPy calls instead of nine:
+    # they run cold, right after a graph call
     p = config.dropout
     keep = ((np.random.default_rng([seed, position]).random(sum(sizes)) >= p)
             .astype(np.float32) * np.float32(1.0 / (1.0 - p)))   # = float32(float64 * bool)

@@ -220,12 +220,7 @@ def lm_head_graph(graph: bytes, vocab: int) -> bytes:
     try:
         part = Part.read("lm_head", graph)
         g = Composer()
-        logits = g.add(part, "lm_head", {"hidden": g.input_like(part, "hidden")},
-                       {"logits": "logits"})["logits"]
-        g.probabilities(logits, PROBABILITIES)
-        g.output(part.outputs["logits"], "logits")
-        g.output(probabilities_info(vocab), PROBABILITIES)
-        return g.model("lantern_lm_head")
+        return _ending_in_lm_head(g, part, g.input_like(part, "hidden"), vocab, "lantern_lm_head")
     except SPLICE_ERRORS as e:
         raise ValueError(f"the LM head graph cannot be edited ({e!r})") from e
 
@@ -243,13 +238,18 @@ def mc_pass_graph(mc_step: bytes, lm_head: bytes, vocab: int) -> bytes:
         mc, head = Part.read("mc_step", mc_step), Part.read("lm_head", lm_head)
         g = Composer()
         hidden = g.add(mc, "mc_step", {n: g.input_like(mc, n) for n in mc.inputs})["hidden_out"]
-        logits = g.add(head, "lm_head", {"hidden": hidden}, {"logits": "logits"})["logits"]
-        g.probabilities(logits, PROBABILITIES)
-        g.output(head.outputs["logits"], "logits")
-        g.output(probabilities_info(vocab), PROBABILITIES)
-        return g.model("lantern_mc_pass")
+        return _ending_in_lm_head(g, head, hidden, vocab, "lantern_mc_pass")
     except SPLICE_ERRORS as e:
         raise ValueError(f"the MC step and the LM head cannot be spliced ({e!r})") from e
+
+
+def _ending_in_lm_head(g: Composer, head: Part, hidden: str, vocab: int, name: str) -> bytes:
+    """The model of g with the LM head on `hidden`, its outputs logits and their softmax."""
+    logits = g.add(head, "lm_head", {"hidden": hidden}, {"logits": "logits"})["logits"]
+    g.probabilities(logits, PROBABILITIES)
+    g.output(head.outputs["logits"], "logits")
+    g.output(probabilities_info(vocab), PROBABILITIES)
+    return g.model(name)
 
 
 @dataclass

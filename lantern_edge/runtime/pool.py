@@ -244,8 +244,9 @@ class Pool:
                 "mask_attn_probs": probs,
                 "mask_attn_out": np.concatenate([masks[x]["mask_attn_out"] for x in ks], axis=1),
                 "mask_mlp_out": np.concatenate([masks[x]["mask_mlp_out"] for x in ks], axis=1)})
-            probabilities = mc_distributions(self.engine, outputs, lambda hidden, seqs=seqs: self._run(
-                seqs, "lm_head", self.engine.lm_head, {"hidden": hidden}))[1]
+            def lm_head(hidden, seqs=seqs):
+                return self._run(seqs, "lm_head", self.engine.lm_head, {"hidden": hidden})
+            probabilities = mc_distributions(self.engine, outputs, lm_head)[1]
             for j, x in enumerate(ks):
                 out[x] = probabilities[:, j]
         return out

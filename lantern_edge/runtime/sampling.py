@@ -35,9 +35,11 @@ def mc_summary(probabilities: np.ndarray) -> tuple[np.ndarray, float]:
     information H(p_bar) - mean_s H(p_s) in nats (the epistemic score, >= 0).
 
     The S entropies' logs are taken in float32 (log dominates the cost; a zero probability
-    counts 0 * log(tiny) = 0); sums and the mean distribution are accumulated in float64.
+    counts 0 * log(tiny) = 0, tiny the smallest normal float32, so that a denormals-are-zero
+    mode cannot turn it into 0 * log 0); sums and the mean distribution are accumulated in
+    float64.
     """
-    log_probs = np.log(np.maximum(probabilities, np.float32(1e-45)))
+    log_probs = np.log(np.maximum(probabilities, np.finfo(np.float32).tiny))
     sample_entropy = -np.einsum("sv,sv->s", probabilities, log_probs, dtype=np.float64)
     mean = probabilities.mean(axis=0, dtype=np.float64)
     mean /= mean.sum()
