@@ -76,6 +76,17 @@ def test_state_dict_that_does_not_fit(tmp_path, upstream_dir):
     _expect(path, "does not fit its config.*wrong shapes")
 
 
+def test_rope_tables_that_are_not_upstreams_are_refused_with_their_difference(tmp_path,
+                                                                              upstream_dir):
+    raw = torch.load(upstream_dir / "checkpoint.pt", weights_only=True)
+    state = raw["model_state_dict"]
+    for key in [k for k in state if k.endswith("cos_cached")]:
+        state[key] = state[key] * 1.001
+    path = tmp_path / "rope.pt"
+    torch.save(raw, path)
+    _expect(path, r"RoPE tables differ from upstream's standard ones \(max \|difference\| 0\.001\)")
+
+
 class _RunsCode:
     def __reduce__(self):
         import os

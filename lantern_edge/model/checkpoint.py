@@ -213,7 +213,11 @@ def _upstream(path: Path, raw: dict[str, Any], vocab: Path | None) -> Checkpoint
         cos, _ = rope_tables(model_config)
         stored = rope["cos_cached"][: model_config.max_position]
         if stored.shape != cos.shape or not torch.allclose(stored, cos, atol=1e-6):
-            raise CheckpointError(f"{path}: its RoPE tables differ from upstream's standard ones")
+            how = (f"shape {tuple(stored.shape)}, expected {tuple(cos.shape)}"
+                   if stored.shape != cos.shape
+                   else f"max |difference| {float((stored - cos).abs().max()):.3g}")
+            raise CheckpointError(f"{path}: its RoPE tables differ from upstream's standard ones "
+                                  f"({how})")
     tokenizer_json = None
     if vocab is not None:
         tokenizer_json = _char_vocab_json(vocab, model_config.vocab_size)
