@@ -108,7 +108,7 @@ def feed_both(root, steps: int, deepen_every: int = 0, shared_kv: bool = False):
     plain = Sequence(Engine(open_artifacts(root), fuse=False))
     assert fast.fused is not None and plain.fused is None
     exact = not shared_kv
-    assert fast.engine.kv_scratch == shared_kv and fast.fused.shared_kv == shared_kv
+    assert fast.engine.kv_scratch == shared_kv and fast.engine.fused[0][0].shared_kv == shared_kv
     ids = sequence_ids(steps)
     for seq in (fast, plain):
         seq.feed(ids[:4], cfg.steps_base)

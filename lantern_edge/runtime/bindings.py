@@ -189,16 +189,23 @@ class FusedPass:
         self.seq, self.bound = seq, bound
         hidden, depth = cfg.hidden_size, cfg.steps_base
         graph = engine.fused[0][0]
-        # spliced attention: the new K/V rows of every (block, iteration) [blocks, R, H, D]:
-        # the fused call writes iterations < steps_base (each output bound to its [H, D] row:
-        # the same memory as [1, H, 1, D]), the deeper ones get the last computed (carried-KV
-        # policy), and one assignment per kind stores them all in their slot
-        rows = kv.keys.shape[:3] + kv.keys.shape[4:]
-        self.new_keys = None if graph.shared_kv else np.zeros(rows, np.float32)
-        self.new_values = None if graph.shared_kv else np.zeros(rows, np.float32)
+        # the new K/V rows of every (block, iteration) [blocks, R, H, D], which the fused call
+        # writes for iterations < steps_base: with GroupQueryAttention the scratch slot of the
+        # KV arrays (a view), else a buffer whose [H, D] rows the call's outputs are bound to
+        # (the same memory as [1, H, 1, D]). Each token, one assignment per kind stores every
+        # iteration in its slot, the deeper ones the last computed (carried-KV policy: source)
+        if graph.shared_kv:
+            self.new_keys = kv.keys[:, :, :, kv.scratch]
+            self.new_values = kv.values[:, :, :, kv.scratch]
+        else:
+            rows = kv.keys.shape[:3] + kv.keys.shape[4:]
+            self.new_keys = np.zeros(rows, np.float32)
+            self.new_values = np.zeros(rows, np.float32)
+        # (all iterations computed: a view, no copy)
+        self.source = (slice(None) if depth == cfg.steps_reasoning
+                       else np.minimum(np.arange(cfg.steps_reasoning), depth - 1))
         self.halts = np.zeros((cfg.num_blocks, depth), np.float32) if engine.has_halt else None
         self.depth, self.blocks = depth, cfg.num_blocks
-        self.carries = depth < cfg.steps_reasoning
         self.injects, self.probe = cfg.input_injection, engine.has_probe
         self.resume = np.zeros((1, 1, hidden), np.float32)
         self.mc_input = np.zeros((1, 1, hidden), np.float32)
@@ -212,9 +219,8 @@ class FusedPass:
                    **bound.signal_buffers}
         inputs = {"input_ids": bound.ids, "positions": bound.position, "attn_bias": bound.bias}
         row = (1, cfg.num_heads, 1, cfg.head_dim)
-        self.shared_kv = graph.shared_kv
         for (b, i) in graph.kv:
-            if self.shared_kv:
+            if graph.shared_kv:
                 # GroupQueryAttention reads the stored slots and writes the new row into the
                 # scratch slot of the same buffer: input and output bound to one memory
                 for kind, array in (("key", kv.keys), ("value", kv.values)):
@@ -254,19 +260,8 @@ class FusedPass:
         bound.signals_ready = weights is not None
         # the call has read the stored KV: store the new rows of every (block, iteration) now
         depth, slot = self.depth, bound.slot
-        if self.shared_kv:                        # from the scratch slot
-            scratch = kv.scratch
-            kv.keys[:, :depth, :, slot] = kv.keys[:, :depth, :, scratch]
-            kv.values[:, :depth, :, slot] = kv.values[:, :depth, :, scratch]
-            if self.carries:
-                kv.keys[:, depth:, :, slot] = kv.keys[:, depth - 1:depth, :, scratch]
-                kv.values[:, depth:, :, slot] = kv.values[:, depth - 1:depth, :, scratch]
-        else:
-            if self.carries:
-                self.new_keys[:, depth:] = self.new_keys[:, depth - 1:depth]
-                self.new_values[:, depth:] = self.new_values[:, depth - 1:depth]
-            kv.keys[:, :, :, slot] = self.new_keys
-            kv.values[:, :, :, slot] = self.new_values
+        kv.keys[:, :, :, slot] = self.new_keys[:, self.source]
+        kv.values[:, :, :, slot] = self.new_values[:, self.source]
         kv.commit_slot(bound.position_, slot, bound.is_global)
         # the states are views of the bound buffers, valid until this Sequence's next call
         # (like the logits): whatever reads them (MC step, continuation) runs before that

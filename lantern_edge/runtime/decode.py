@@ -26,7 +26,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from .engine import SIGNALS, Engine
+from .engine import SIGNALS, SLOTS_INPUT, Engine
 from .kv_state import KVState
 from .sampling import softmax
 
@@ -156,9 +156,9 @@ class Sequence:
         self.config = engine.config
         self.kv = kv or KVState(engine.config, scratch=engine.kv_scratch)
         # the stored-slot count the edited block and MC graphs are fed with (engine.py): this
-        # state's slots, the scratch slot included
-        self.stored_slots = ({name: np.array([self.kv.keys.shape[3]], np.int64)
-                              for name in engine.stored_slots} if engine.stored_slots else {})
+        # state's slots, the scratch slot included; none for graphs loaded as exported
+        self.stored_slots = ({} if engine.unbatchable
+                             else {SLOTS_INPUT: np.array([self.kv.keys.shape[3]], np.int64)})
         self.timer = CallTimer()
         self.host = HostPass(self)
         self.device = DevicePass(self) if engine.kv_on_device and kv is None else None

@@ -13,7 +13,6 @@ from __future__ import annotations
 import os
 import struct
 
-import numpy as np
 import onnxruntime as ort
 
 from ..errors import ArtifactError
@@ -102,11 +101,9 @@ class Engine:
             graphs = [stored_slots_variable(verified_bytes(artifacts, path), stored,
                                             slots_input=SLOTS_INPUT) for path in paths]
             self.unbatchable = None
-            self.stored_slots = {SLOTS_INPUT: np.array([stored], np.int64)}
         except (ValueError, KeyError, IndexError, struct.error) as e:   # not the exporter's shape
             graphs = [None] * len(paths)
             self.unbatchable = f"{paths[0].name} cannot take a batch ({e})"
-            self.stored_slots = {}
         *self.blocks, self.mc = [session(path, graph) for path, graph in zip(paths, graphs)]
         # One thread per session by default, the LM head included: with spinning off (needed so
         # the sessions do not fight) and another process on the second core, a second thread
