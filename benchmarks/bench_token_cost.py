@@ -3,6 +3,7 @@ Runtime's cost per graph node.
 
     python benchmarks/bench_token_cost.py                     # int8, 1 thread, 256 tokens, 7 rounds
     python benchmarks/bench_token_cost.py --precision fp32 --threads 2
+    python benchmarks/bench_token_cost.py --genai /tmp/peers/genai-int8   # a model peers.py built
 
 For the shipped model (or --model), greedy, EOS ignored, in one process, rounds interleaved:
 - `stream`: a whole `Runtime.stream()` per token (what an app sees; fixed depth and adaptive);
@@ -13,13 +14,20 @@ For the shipped model (or --model), greedy, EOS ignored, in one process, rounds 
   are meaningless (the logits never change; adaptive: every token held confident); only its
   time is read;
 - `ORT node`: a chain of 150 Add nodes on 256 floats against a chain of 1, per node: ORT's cost
-  per node beyond its arithmetic at decode sizes.
+  per node beyond its arithmetic at decode sizes;
+- with `--genai DIR` (an onnxruntime-genai model that `peers.py` built, of the same precision):
+  its decoder graph call alone, in a plain ONNX Runtime session with its KV buffers bound as both
+  past and present (as onnxruntime-genai runs it) at a past of 16 + tokens / 2 positions, and a
+  whole token of its own generator (`generate_next_token`, greedy, the peers' prompt). Each
+  system's whole token minus its graph call is what it spends per token outside the graph: its
+  host loop.
 Prints microseconds per token, best / median over rounds, with the load average.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import sys
@@ -38,6 +46,8 @@ from lantern_edge.runtime import decode  # noqa: E402
 PROMPT = "def read_config(path):\n    with open(path) as f:\n"
 NODES = 150
 INF = float("inf")
+GENAI_CALL = "onnxruntime-genai: graph call (its decoder, KV bound in place)"
+GENAI_TOKEN = "onnxruntime-genai: whole token (generate_next_token)"
 
 
 def stream_us(rt: Runtime, tokens: int, adaptive: bool, **overrides) -> float:
@@ -107,6 +117,48 @@ def chain_us(chain, calls: int = 1000) -> float:
     return (time.perf_counter() - start) / calls * 1e6
 
 
+def genai_graph_call(path: Path, threads: int, tokens: int):
+    """onnxruntime-genai's decoder graph in a plain session, one token at a past of
+    16 + tokens // 2 positions, KV buffers bound as past and present (its shared buffer)."""
+    config = json.loads((path / "genai_config.json").read_text())["model"]
+    options = ort.SessionOptions()
+    options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
+    session = ort.InferenceSession(str(path / config["decoder"]["filename"]), options,
+                                   providers=["CPUExecutionProvider"])
+    inputs = {i.name: i for i in session.get_inputs()}
+    past, longest = 16 + tokens // 2, 16 + tokens
+    binding = session.io_binding()
+    keep = [np.array([[1]], np.int64), np.ones((1, past + 1), np.int64)]
+    binding.bind_cpu_input("input_ids", keep[0])
+    binding.bind_cpu_input("attention_mask", keep[1])
+    for name, info in inputs.items():
+        if name.startswith("past_key_values."):
+            heads, dim = info.shape[1], config["decoder"]["head_size"]
+            value = ort.OrtValue.ortvalue_from_numpy(np.zeros((1, heads, longest, dim), np.float32))
+            keep.append(value)
+            binding.bind_ortvalue_input(name, value)
+            binding.bind_ortvalue_output(name.replace("past_key_values.", "present."), value)
+    logits = ort.OrtValue.ortvalue_from_numpy(np.zeros((1, 1, config["vocab_size"]), np.float32))
+    keep.append(logits)
+    binding.bind_ortvalue_output("logits", logits)
+
+    def call_us() -> float:
+        start = time.perf_counter()
+        for _ in range(tokens):
+            session.run_with_iobinding(binding)
+        return (time.perf_counter() - start) / tokens * 1e6
+    call_us.buffers = keep                               # alive as long as the binding
+    return call_us
+
+
+def genai_token(path: Path, threads: int, tokens: int):
+    """A whole token of onnxruntime-genai's own generator, as peers.py times it."""
+    from peers_worker import genai
+
+    run, _ = genai({"path": str(path), "threads": threads, "hf": str(path)})
+    return lambda: 1e6 / run(tokens)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", type=Path, default=None, help="artifacts (default: shipped model)")
@@ -114,6 +166,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--tokens", type=int, default=256)
     p.add_argument("--rounds", type=int, default=7)
+    p.add_argument("--genai", type=Path, default=None,
+                   help="an onnxruntime-genai model directory (peers.py's --work has them)")
     args = p.parse_args(argv)
     if args.tokens < 2 or args.rounds < 1:
         p.error("--tokens must be >= 2 and --rounds >= 1")
@@ -133,6 +187,16 @@ def main(argv: list[str] | None = None) -> int:
         "python (warm), adaptive": lambda: python_us(rt, args.tokens, True),
         "ORT node (Add on 256 floats)": lambda: (chain_us(long) - chain_us(short)) / (NODES - 1),
     }
+    if args.genai is not None:
+        if not (args.genai / "genai_config.json").is_file():
+            p.error(f"--genai {args.genai}: no genai_config.json there; pass a model directory "
+                    f"that peers.py built (its --work directory, e.g. genai-int8)")
+        try:
+            token = genai_token(args.genai, args.threads, args.tokens)
+        except ImportError as e:
+            p.error(f"--genai needs onnxruntime-genai ({e}): pip install onnxruntime-genai")
+        rows[GENAI_CALL] = genai_graph_call(args.genai, args.threads, args.tokens)
+        rows[GENAI_TOKEN] = token
     for measure in rows.values():                        # warm-up
         measure()
     times: dict[str, list[float]] = {name: [] for name in rows}
@@ -144,6 +208,14 @@ def main(argv: list[str] | None = None) -> int:
     print("| what | us per token (per node), best | median |\n|---|---|---|")
     for name, values in times.items():
         print(f"| {name} | {min(values):.1f} | {statistics.median(values):.1f} |")
+    if args.genai is not None:
+        def outside(token: str, call: str) -> str:
+            return " / ".join(f"{f(times[token]) - f(times[call]):.0f}"
+                              for f in (min, statistics.median))
+        ours = outside("stream, fixed depth", "graph call (fused, fixed depth)")
+        theirs = outside(GENAI_TOKEN, GENAI_CALL)
+        print(f"\nper token outside the graph call (whole token - graph call; best / median): "
+              f"lantern-edge fixed depth {ours} us, onnxruntime-genai {theirs} us")
     return 0
 
 
