@@ -9,6 +9,11 @@ For the shipped model (or --model), greedy, EOS ignored, in one process, rounds 
 - `stream`: a whole `Runtime.stream()` per token (what an app sees; fixed depth and adaptive);
 - `graph call`: the bound fused cheap-pass call alone, in a loop (what the graph costs), at
   fixed depth and with the adaptive path's uncertainty head;
+- `bare loop`: the fused call with only what the next call needs between two calls (the new
+  KV rows into their slots, the slot committed, the greedy token, its position and bias row),
+  written out here against the runtime's internals: the least Python a token can cost in this
+  design. `stream` minus `bare loop` is the rest of the runtime (controller, trace, detokenizer,
+  stop strings), which runs between the calls too;
 - `python (warm)`: the same stream with the fused call replaced by nothing, so only the runtime's
   own Python runs (controller, KV bookkeeping, detokenizer), with its data in cache. Its tokens
   are meaningless (the logits never change; adaptive: every token held confident); only its
@@ -66,6 +71,26 @@ def graph_call_us(rt: Runtime, tokens: int, signals: bool = False) -> float:
     start = time.perf_counter()
     for _ in range(tokens):
         session.run_with_iobinding(binding)
+    return (time.perf_counter() - start) / tokens * 1e6
+
+
+def bare_loop_us(rt: Runtime, tokens: int) -> float:
+    """Fixed-depth greedy tokens through the fused call with only the bookkeeping the next call
+    needs (what FusedPass.feed and the controller do for it, less everything else)."""
+    seq = decode.Sequence(rt.engine)
+    seq.feed(rt.encode(PROMPT), rt.config.steps_base)
+    fused, kv = seq.fused, seq.kv
+    bound = fused.bound
+    session, binding = fused.bindings[False]
+    token = int(bound.logits.argmax())
+    start = time.perf_counter()
+    for _ in range(tokens):
+        bound.start_token(token)
+        session.run_with_iobinding(binding)
+        kv.keys[:, :, :, bound.slot] = fused.new_keys[:, fused.source]
+        kv.values[:, :, :, bound.slot] = fused.new_values[:, fused.source]
+        kv.commit_slot(bound.position_, bound.slot, bound.is_global)
+        token = int(bound.logits.argmax())
     return (time.perf_counter() - start) / tokens * 1e6
 
 
@@ -183,6 +208,8 @@ def main(argv: list[str] | None = None) -> int:
         "graph call (fused, fixed depth)": lambda: graph_call_us(rt, args.tokens),
         "graph call (fused, adaptive: with the uncertainty head)":
             lambda: graph_call_us(rt, args.tokens, signals=True),
+        "bare loop (graph call + the next call's bookkeeping only)":
+            lambda: bare_loop_us(rt, args.tokens),
         "python (warm), fixed depth": lambda: python_us(rt, args.tokens, False),
         "python (warm), adaptive": lambda: python_us(rt, args.tokens, True),
         "ORT node (Add on 256 floats)": lambda: (chain_us(long) - chain_us(short)) / (NODES - 1),
