@@ -79,15 +79,15 @@ def graph_call_us(rt: Runtime, tokens: int, signals: bool = False) -> float:
     return (time.perf_counter() - start) / tokens * 1e6
 
 
-def bare_loop_us(rt: Runtime, tokens: int) -> float:
+def bare_loop_us(rt: Runtime, tokens: int, chosen: list[int] | None = None) -> float:
     """Fixed-depth greedy tokens through the fused call with only the bookkeeping the next call
-    needs (what FusedPass.feed and the controller do for it, less everything else)."""
+    needs (what FusedPass.feed and the controller do for it, less everything else); chosen: a
+    list that gets the token ids (a test holds them to stream()'s)."""
     seq = decode.Sequence(rt.engine)
-    seq.feed(rt.encode(PROMPT), rt.config.steps_base)
+    token = int(seq.feed(rt.encode(PROMPT), rt.config.steps_base).logits[-1].argmax())
     fused, kv = seq.fused, seq.kv
     bound = fused.bound
     session, binding = fused.bindings[False]
-    token = int(bound.logits.argmax())
     start = time.perf_counter()
     for _ in range(tokens):
         bound.start_token(token)
@@ -96,6 +96,8 @@ def bare_loop_us(rt: Runtime, tokens: int) -> float:
         kv.values[:, :, :, bound.slot] = fused.new_values[:, fused.source]
         kv.commit_slot(bound.position_, bound.slot, bound.is_global)
         token = int(bound.logits.argmax())
+        if chosen is not None:
+            chosen.append(token)
     return (time.perf_counter() - start) / tokens * 1e6
 
 

@@ -220,14 +220,34 @@ def test_stream_tok_s_times_decode_steps_only(tiny_artifacts):
         stream_tok_s(runtime, prompt, 1)
 
 
-def _peers_module():
+def _benchmark_module(name: str):
     import importlib.util
     from pathlib import Path
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "peers.py"
-    spec = importlib.util.spec_from_file_location("peers_under_test", path)
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"{name}_under_test", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def _peers_module():
+    return _benchmark_module("peers")
+
+
+@pytest.mark.parametrize("precision", ["fp32", "int8"])
+def test_bench_token_cost_bare_loop_decodes_what_stream_decodes(precision):
+    """The bare loop (the least Python a token needs) is a real decode: its greedy tokens are
+    stream()'s at fixed depth, so its time is that of the work a token needs."""
+    from lantern_edge import Runtime
+    bench = _benchmark_module("bench_token_cost")
+    runtime = Runtime(precision=precision)
+    chosen: list[int] = []
+    bench.bare_loop_us(runtime, 40, chosen)
+    streamed = [t.token_id for t in runtime.stream(bench.PROMPT, max_new_tokens=41,
+                                                   ignore_eos=True, adaptive=False,
+                                                   token_healing=False)]
+    assert len(chosen) == 40
+    assert chosen == streamed[1:]
 
 
 def test_peers_goal_pairs_rounds_at_each_systems_best_thread_count():
