@@ -12,6 +12,7 @@ import shutil
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from lantern_edge.benchmark import suite
@@ -275,3 +276,18 @@ def test_peers_goal_pairs_rounds_at_each_systems_best_thread_count():
         in text
     assert "- int8 fixed depth >= onnxruntime-genai: not measured in this run" in text
     assert "- fp32 adaptive cost <= 1.15x: NOT met by best, NOT met by paired median" in text
+
+
+def test_bench_onnx_loop_runs_its_four_ways_and_checks_the_loop_wrote(capsys):
+    """The Loop benchmark measures a Loop that really stores its rows (it refuses otherwise)
+    and prints one row per way."""
+    bench = _benchmark_module("bench_onnx_loop")
+    assert bench.main(["--iterations", "6", "--rounds", "1"]) == 0
+    table = capsys.readouterr().out
+    for row in ("| Loop, no buffer |", "| Loop, buffer carried unchanged |",
+                "| Loop, buffer carried, one row written |", "| Python loop of bound calls |"):
+        assert row in table
+    written = bench.session(3, "write", 1).run(None, {
+        "x": np.ones((1, bench.HIDDEN), np.float32),
+        "kv": np.zeros(bench.BUFFER, np.float32)})[1]
+    assert written[:, :, :3].any(axis=-1).all() and not written[:, :, 3:].any()
