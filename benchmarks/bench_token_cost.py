@@ -20,8 +20,8 @@ For the shipped model (or --model), greedy, EOS ignored, in one process, rounds 
   switch interval (`sys.getswitchinterval()`, 5 ms by default);
 - `python (warm)`: the same stream with the fused call replaced by nothing, so only the runtime's
   own Python runs (controller, KV bookkeeping, detokenizer), with its data in cache. Its tokens
-  are meaningless (the logits never change; adaptive: every token held confident); only its
-  time is read;
+  are meaningless (the logits never change: one ordinary token again and again; adaptive: every
+  token held confident); only its time is read;
 - `ORT node`: a chain of 150 Add nodes on 256 floats against a chain of 1, per node: ORT's cost
   per node beyond its arithmetic at decode sizes;
 - with `--genai DIR` (an onnxruntime-genai model that `peers.py` built, of the same precision):
@@ -121,10 +121,14 @@ def graph_call_beside_thread_us(rt: Runtime, tokens: int) -> float:
 
 def python_us(rt: Runtime, tokens: int, adaptive: bool) -> float:
     real = decode.Sequence.run_bound
+    # the token every step then chooses: an ordinary one, whose text the detokenizer emits at
+    # once (a special token would skip it)
+    plain = int(rt.encode("x", bos=False)[0])
 
     def skip_fused(self, name, session, binding):
         if name != "fused":
             return real(self, name, session, binding)
+        self.fused.bound.logits[..., plain] = 1.0
         self.timer.add(name, 0.0)
 
     decode.Sequence.run_bound = skip_fused

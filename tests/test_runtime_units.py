@@ -225,6 +225,29 @@ def test_text_stream_pieces_join_to_the_full_decode(byte_bpe):
     assert "" in pieces[:-1]                   # a multi-byte character was held back at least once
 
 
+def test_special_tokens_never_reach_the_incremental_decoder(byte_bpe):
+    """A run of special tokens (an EOS repeated under ignore_eos) adds no text and is not held
+    by the decoder, which would re-decode all it holds at every step; even in the middle of a
+    multi-byte character the text is the full decode's."""
+    eos = byte_bpe.token_to_id("<eos>")
+    ids = byte_bpe.encode("naïve 🚀 ok").ids
+    split = next(k for k in range(1, len(ids))
+                 if "\ufffd" in byte_bpe.decode(ids[:k]))       # inside a character
+    stream = _TextOut(byte_bpe, ())
+    seen = []
+    decoder = stream.detok
+
+    class Recording:
+        def step(self, tokenizer, token):
+            seen.append(token)
+            return decoder.step(tokenizer, token)
+    stream.detok = Recording()
+    sequence = ids[:split] + [eos] * 500 + ids[split:] + [eos] * 3
+    text = "".join(stream.push(i, last=False) for i in sequence)
+    assert text == byte_bpe.decode(sequence, skip_special_tokens=True) == "naïve 🚀 ok"
+    assert seen == ids and stream.silent == {eos, byte_bpe.token_to_id("<bos>")}
+
+
 def test_stop_strings_are_cut_and_their_prefixes_held_back(byte_bpe):
     ids = byte_bpe.encode("x = 1 + 1\nreturn x\n").ids
     stream = _TextOut(byte_bpe, ("\nret", "1 -"))

@@ -52,12 +52,17 @@ class _TextOut:
         # tokenizers' own incremental decoder: it holds a piece back while it ends inside a
         # UTF-8 sequence (byte-level BPE), and special tokens (<eos>) add no text
         self.tokenizer, self.detok = tokenizer, DecodeStream(skip_special_tokens=True)
+        # special tokens add no text and never reach the decoder: it re-decodes every id it
+        # holds until its text grows, so a run of them (an EOS repeated under ignore_eos)
+        # would cost more with every token
+        self.silent = frozenset(i for i, t in tokenizer.get_added_tokens_decoder().items()
+                                if t.special)
         self.stop, self.healing = stop, healing
         self.pending, self.text, self.stopped = "", "", False
 
     def push(self, token: int, last: bool) -> str:
         """The text token adds (held back pieces included); everything pending when last."""
-        piece = self.detok.step(self.tokenizer, token) or ""
+        piece = "" if token in self.silent else self.detok.step(self.tokenizer, token) or ""
         if self.healing is not None:         # the prompt already has the regenerated text
             piece = self.healing.accept(token, piece)
         self.pending += piece
