@@ -9,6 +9,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from lantern_edge import GenerationOptions
 from lantern_edge.model.config import ModelConfig
 from lantern_edge.runtime.controller import band_of, dropout_masks
+from lantern_edge.runtime.sessions import special_ids
 from lantern_edge.runtime.stream import _TextOut
 from lantern_edge.runtime.kv_state import KVState
 from lantern_edge.runtime.sampling import (choose, entropy, filter_logits, mc_summary, probability,
@@ -218,7 +219,7 @@ def byte_bpe():
 def test_text_stream_pieces_join_to_the_full_decode(byte_bpe):
     text = "déf naïve(ß): return '🚀' + \"ok\"\n"
     ids = byte_bpe.encode(text).ids + [byte_bpe.token_to_id("<eos>")]
-    stream = _TextOut(byte_bpe, ())
+    stream = _TextOut(byte_bpe, special_ids(byte_bpe), ())
     pieces = [stream.push(i, last=False) for i in ids]
     assert "".join(pieces) == text == stream.text                # <eos> adds no text
     assert "\ufffd" not in "".join(pieces)
@@ -233,7 +234,7 @@ def test_special_tokens_never_reach_the_incremental_decoder(byte_bpe):
     ids = byte_bpe.encode("naïve 🚀 ok").ids
     split = next(k for k in range(1, len(ids))
                  if "\ufffd" in byte_bpe.decode(ids[:k]))       # inside a character
-    stream = _TextOut(byte_bpe, ())
+    stream = _TextOut(byte_bpe, special_ids(byte_bpe), ())
     seen = []
     decoder = stream.detok
 
@@ -250,7 +251,7 @@ def test_special_tokens_never_reach_the_incremental_decoder(byte_bpe):
 
 def test_stop_strings_are_cut_and_their_prefixes_held_back(byte_bpe):
     ids = byte_bpe.encode("x = 1 + 1\nreturn x\n").ids
-    stream = _TextOut(byte_bpe, ("\nret", "1 -"))
+    stream = _TextOut(byte_bpe, special_ids(byte_bpe), ("\nret", "1 -"))
     pieces = []
     for i in ids:
         pieces.append(stream.push(i, last=False))
@@ -259,7 +260,7 @@ def test_stop_strings_are_cut_and_their_prefixes_held_back(byte_bpe):
     # "1 " might begin "1 -" until "+" shows it does not; "\nret" ends the text
     assert "".join(pieces) == stream.text == "x = 1 + 1" and stream.stopped
     assert all("\n" not in p for p in pieces)
-    flushed = _TextOut(byte_bpe, ("zzz",))
+    flushed = _TextOut(byte_bpe, special_ids(byte_bpe), ("zzz",))
     assert "".join(flushed.push(i, last=i == ids[-1]) for i in ids) == "x = 1 + 1\nreturn x\n"
 
 

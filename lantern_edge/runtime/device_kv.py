@@ -215,7 +215,7 @@ class DevicePass:
         b, i = cfg.num_blocks - 1, step.iterations[-1] - 1
         bias = kv.attn_bias(np.array([step.position]), np.array([step.is_global]))
         samples = masks["mask_attn_out"].shape[0]
-        shapes = ({"logits": cfg.vocab_size, "probabilities": cfg.vocab_size}
+        shapes = ({"logits": cfg.vocab_size, PROBABILITIES: cfg.vocab_size}
                   if seq.engine.mc_has_head else {"hidden_out": cfg.hidden_size})
         out = {name: np.zeros((samples, 1, width), np.float32) for name, width in shapes.items()}
         binding = self._bind(seq.engine.mc, {

@@ -104,7 +104,7 @@ class Engine:
         except (ValueError, KeyError, IndexError, struct.error) as e:   # not the exporter's shape
             graphs = [None] * len(paths)
             self.unbatchable = f"{paths[0].name} cannot take a batch ({e})"
-        *self.blocks, self.mc = [session(path, graph) for path, graph in zip(paths, graphs)]
+        self.blocks = [session(path, graph) for path, graph in zip(paths[:-1], graphs[:-1])]
         # One thread per session by default, the LM head included: with spinning off (needed so
         # the sessions do not fight) and another process on the second core, a second thread
         # measured slower for a 4096-vocab head (42.6 us at 1 thread vs 49.5 us at 2).
@@ -119,16 +119,18 @@ class Engine:
         self.lm_head = session(path, head)
         self.has_probabilities = head is not None
         # the MC step with the LM head in one graph (fusion.mc_pass_graph): a high-band token's
-        # samples in one call; else mc_step's hidden state through the LM head session
-        self.mc_has_head = False
+        # samples in one call; else mc_step as it is, its hidden state through the LM head
+        self.mc = None
         if head is not None and path.parent == paths[-1].parent:   # one external-data directory
             try:
                 self.mc = session(paths[-1], mc_pass_graph(
                     graphs[-1] or verified_bytes(artifacts, paths[-1]),
                     verified_bytes(artifacts, path), cfg.vocab_size))
-                self.mc_has_head = True
             except (ValueError, ArtifactError):
                 pass
+        self.mc_has_head = self.mc is not None
+        if self.mc is None:
+            self.mc = session(paths[-1], graphs[-1])
         self.uncertainty = session(artifacts.graph(precision, "uncertainty"))
         # models with input injection: h = W [h ; e] as its own small graph (docs/DEPTH.md)
         self.inject = (session(artifacts.graph(precision, "inject"))

@@ -18,7 +18,7 @@ from .engine import Engine
 from .options import GenerationOptions
 from .generator import Generator
 from .pool import Pool
-from .sessions import is_rust_panic, load_tokenizer
+from .sessions import is_rust_panic, load_tokenizer, special_ids
 from .stream import Generation, GenerationResult, StreamedToken, TokenStream, decide, feed
 
 __all__ = ["Runtime", "Generator", "GenerationResult", "StreamedToken", "TokenStream",
@@ -79,6 +79,7 @@ class Runtime:
                              kv_on_device=kv_on_device, fuse=fuse, shared_kv=shared_kv)
         self.controller = Controller(self.config)
         self.tokenizer = load_tokenizer(self.artifacts)
+        self.special_ids = special_ids(self.tokenizer)      # the detokenizer skips them
         self.artifacts.blobs.clear()         # the sessions hold their own copies now
         # the model's values of GenerationOptions' None fields, by name, from the manifest
         self.model_values = {**self.config.to_dict(), **self.artifacts.controller.to_dict()}

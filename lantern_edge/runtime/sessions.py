@@ -61,6 +61,11 @@ def parse_tokenizer(text: str, vocab_size: int, what: str) -> Tokenizer:
     return tokenizer
 
 
+def special_ids(tokenizer: Tokenizer) -> frozenset[int]:
+    """The ids of the tokenizer's special tokens (they add no text when decoded)."""
+    return frozenset(i for i, t in tokenizer.get_added_tokens_decoder().items() if t.special)
+
+
 def load_tokenizer(artifacts: Artifacts) -> Tokenizer:
     """The verified tokenizer of the artifacts (parse_tokenizer)."""
     name = artifacts.manifest["tokenizer"]

@@ -48,15 +48,15 @@ class _TextOut:
     might begin one is held back until the following tokens tell (so no streamed piece is ever
     taken back)."""
 
-    def __init__(self, tokenizer: Tokenizer, stop: tuple[str, ...], healing=None):
+    def __init__(self, tokenizer: Tokenizer, silent: frozenset[int], stop: tuple[str, ...],
+                 healing=None):
         # tokenizers' own incremental decoder: it holds a piece back while it ends inside a
-        # UTF-8 sequence (byte-level BPE), and special tokens (<eos>) add no text
+        # UTF-8 sequence (byte-level BPE)
         self.tokenizer, self.detok = tokenizer, DecodeStream(skip_special_tokens=True)
-        # special tokens add no text and never reach the decoder: it re-decodes every id it
-        # holds until its text grows, so a run of them (an EOS repeated under ignore_eos)
-        # would cost more with every token
-        self.silent = frozenset(i for i, t in tokenizer.get_added_tokens_decoder().items()
-                                if t.special)
+        # the special tokens' ids (sessions.special_ids): they add no text and never reach the
+        # decoder, which re-decodes every id it holds until its text grows, so a run of them
+        # (an EOS repeated under ignore_eos) would cost more with every token
+        self.silent = silent
         self.stop, self.healing = stop, healing
         self.pending, self.text, self.stopped = "", "", False
 
@@ -100,7 +100,7 @@ class Generation:
         # whose text the first choices must regenerate
         self.fed, self.healing = (heal(ids, runtime.tokenizer.decode, runtime.config.vocab_size)
                                   if options.token_healing else (ids, None))
-        self.text = _TextOut(runtime.tokenizer, options.stop, self.healing)
+        self.text = _TextOut(runtime.tokenizer, runtime.special_ids, options.stop, self.healing)
         self.tokens: list[StreamedToken] = []
         self.history = self.fed.tolist()           # ids fed + output ids, for repetition rules
         self.stop_reason: str | None = None
